@@ -1,0 +1,1 @@
+"""Benchmarks: loader throughput against the model-only bound (see issue 7)."""

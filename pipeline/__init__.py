@@ -1,0 +1,92 @@
+"""cifarflow's data pipeline: the loader registry.
+
+    build_loader(name, data_dir, split, batch_size, *, device="cpu", augment=True, seed=0,
+                 normalize=True, return_index=False, **options)
+    available_loaders()
+
+Each engine lives in pipeline/engines/ and is imported only when asked for, so a missing optional
+dependency (DALI, FFCV) never breaks the others.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+
+__all__ = ["build_loader", "available_loaders", "known_loaders", "LoaderUnavailable"]
+
+
+class LoaderUnavailable(Exception):
+    """An unknown engine name, or one whose dependencies are not installed. One sentence."""
+
+
+@dataclass(frozen=True)
+class _Engine:
+    module: str
+    requires: tuple[str, ...]   # importable top-level modules it needs
+    install: str                # what to run when they are missing
+    summary: str
+
+
+_ENGINES: dict[str, _Engine] = {
+    "torch": _Engine("pipeline.engines.reference", ("albumentations", "cv2"),
+                     "pip install 'albumentations==2.0.8' 'opencv-python-headless>=5,<6'",
+                     "albumentations on CPU DataLoader workers (the reference and the baseline)"),
+}
+
+
+def known_loaders() -> dict[str, str]:
+    """Every registered engine name with a one-line summary, available here or not."""
+    return {name: e.summary for name, e in _ENGINES.items()}
+
+
+def _missing(engine: _Engine) -> list[str]:
+    out = []
+    for mod in engine.requires:
+        try:
+            if importlib.util.find_spec(mod) is None:
+                out.append(mod)
+        except (ImportError, ValueError):
+            out.append(mod)
+    return out
+
+
+def available_loaders() -> list[str]:
+    """The engines whose dependencies import on this machine."""
+    return [name for name, e in _ENGINES.items() if not _missing(e)]
+
+
+def build_loader(name: str, data_dir, split: str, batch_size: int, *, device="cpu", augment: bool = True,
+                 seed: int = 0, normalize: bool = True, return_index: bool = False, policy=None, **options):
+    """An iterable over one epoch of ``(images, labels)`` (or ``(images, labels, indices)``), with
+    ``len()`` in batches; each ``iter()`` is the next epoch, or the one given to ``set_epoch``.
+
+    ``normalize=True``: float32 (N, 3, 32, 32) normalized with the meta mean/std, channels-last, on
+    ``device``; ``normalize=False``: uint8 pixels. ``policy`` defaults to the project's policy with the
+    data's mean/std. The same seed gives the same epoch."""
+    import torch
+
+    from pipeline.format import DataError, read_meta
+    from pipeline.output import resolve_device
+    from pipeline.policy import AugmentPolicy
+
+    engine = _ENGINES.get(name)
+    if engine is None:
+        raise LoaderUnavailable(f"unknown loader {name!r}: choose one of {', '.join(_ENGINES)}.")
+    missing = _missing(engine)
+    if missing:
+        raise LoaderUnavailable(f"the {name!r} loader needs {', '.join(missing)}, which is not installed "
+                                f"here: {engine.install}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}.")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, not {batch_size!r}.")
+    meta = read_meta(data_dir)
+    if policy is None:
+        policy = AugmentPolicy.from_meta(meta)
+    elif not isinstance(policy, AugmentPolicy):
+        raise TypeError("policy must be a pipeline.policy.AugmentPolicy.")
+    module = importlib.import_module(engine.module)
+    return module.build(data_dir, split, batch_size, device=resolve_device(device), policy=policy,
+                        augment=augment, seed=int(seed), normalize=normalize, return_index=return_index,
+                        **options)

@@ -1,0 +1,43 @@
+"""The registry's output contract, shared by every engine.
+
+``normalize=True``: float32 (N, 3, 32, 32), ``(x - mean) / std`` with the meta mean/std, in
+channels-last memory format, on the device. ``normalize=False``: uint8 pixels (N, 3, 32, 32).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.policy import AugmentPolicy
+
+
+def resolve_device(device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for, but this machine has no CUDA GPU: use device='cpu'.")
+    return dev
+
+
+class Normalizer:
+    """uint8 NHWC (or NCHW) batch on any device -> the output contract on ``device``."""
+
+    def __init__(self, policy: AugmentPolicy, device: torch.device, normalize: bool):
+        self.device = device
+        self.normalize = normalize
+        self.mean = torch.tensor(policy.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.inv_std = (1.0 / torch.tensor(policy.std, dtype=torch.float32, device=device)).view(1, 3, 1, 1)
+
+    def __call__(self, images: torch.Tensor, nhwc: bool = True) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        if nhwc:
+            images = images.permute(0, 3, 1, 2)  # a channels-last view of the NHWC buffer, no copy
+        if not self.normalize:
+            return images
+        x = images.to(dtype=torch.float32, memory_format=torch.channels_last)
+        return x.sub_(self.mean).mul_(self.inv_std)
+
+
+def epoch_seed(seed: int, epoch: int, *more: int) -> int:
+    """A 63-bit seed for (seed, epoch, ...), independent of how work is spread over workers."""
+    return int(np.random.SeedSequence([seed, epoch, *more]).generate_state(2, np.uint32).astype(np.uint64)
+               .dot(np.array([1, 1 << 32], dtype=np.uint64)) >> np.uint64(1))

@@ -1,0 +1,400 @@
+"""pipeline.convert: sources, safety, atomicity, idempotency, bad input."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import tarfile
+import urllib.error
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import JPEG_ARCHIVE, MINI_BATCHES, ROOT, needs_jpeg, needs_mini, write_batches
+from pipeline.convert import convert, main
+from pipeline.format import CIFAR10_CLASSES, FORMAT_VERSION, DataError, load_split, read_meta
+
+QUIET = dict(log=lambda *a: None)
+
+
+def run_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.convert", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_one_sentence_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    err = proc.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: ")
+    for f in fragments:
+        assert f in err, err
+
+
+def read_pickles_independently(folder: Path):
+    out = {}
+    for split, names in (("train", [f"data_batch_{i}" for i in range(1, 6)]), ("test", ["test_batch"])):
+        xs, ys = [], []
+        for n in names:
+            with open(folder / n, "rb") as f:
+                d = pickle.load(f, encoding="bytes")   # trusted test data, read the plain way
+            xs.append(d[b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            ys.append(np.array(d[b"labels"]))
+        out[split] = (np.concatenate(xs), np.concatenate(ys))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# sources
+# --------------------------------------------------------------------------------------------
+
+@needs_mini
+def test_mini_conversion_equals_the_pickles(mini_dir):
+    expected = read_pickles_independently(MINI_BATCHES)
+    meta = read_meta(mini_dir)
+    assert meta["format_version"] == FORMAT_VERSION
+    assert meta["classes"] == list(CIFAR10_CLASSES)
+    assert meta["counts"] == {"train": 5085, "test": 1017}
+    for split in ("train", "test"):
+        data, _ = load_split(mini_dir, split)
+        np.testing.assert_array_equal(data.images, expected[split][0])
+        np.testing.assert_array_equal(data.labels, expected[split][1])
+    x = expected["train"][0].reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(meta["mean"], x.mean(0), atol=1e-5)
+    np.testing.assert_allclose(meta["std"], x.std(0), atol=1e-5)
+    arr = np.load(mini_dir / "train_images.npy", mmap_mode="r")
+    assert isinstance(arr, np.memmap) and arr.shape == (5085, 32, 32, 3) and arr.dtype == np.uint8
+
+
+def psnr(a, b):
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 10 * np.log10(255 ** 2 / max(mse, 1e-12))
+
+
+@needs_jpeg
+@needs_mini
+def test_jpeg_archive_gives_the_full_set_in_official_order(jpeg_dir):
+    meta = read_meta(jpeg_dir)
+    assert meta["counts"] == {"train": 50000, "test": 10000}
+    official = read_pickles_independently(MINI_BATCHES)
+    for split, per_class, first_rows in (("train", 5000, 1017), ("test", 1000, 1017)):
+        data, _ = load_split(jpeg_dir, split)
+        assert np.array_equal(np.bincount(data.labels), [per_class] * 10)
+        assert np.all(np.diff(data.labels) >= 0), "image folders are read in class order"
+        # The first rows of data_batch_1 (or test_batch) are each class's first files, in order.
+        x, y = official[split][0][:first_rows], official[split][1][:first_rows]
+        for c in range(10):
+            ours = data.images[c * per_class: c * per_class + 30]
+            theirs = x[y == c][:30]
+            same = [psnr(a, b) for a, b in zip(ours, theirs)]
+            shifted = [psnr(a, b) for a, b in zip(ours[1:], theirs[:-1])]
+            assert min(same) > 20, (split, c, min(same))      # the JPEG is the same picture...
+            assert max(shifted) < min(same), (split, c)       # ...and no neighbour matches as well
+
+
+def make_image_tree(root: Path, train=2, test=1, size=(32, 32), skip=None) -> Path:
+    rng = np.random.default_rng(1)
+    for split, n in (("train", train), ("test", test)):
+        for c in CIFAR10_CLASSES:
+            if skip == (split, c):
+                continue
+            d = root / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(d / f"{i:04d}.png")
+    return root
+
+
+def test_image_folder_is_read_in_class_then_file_order(tmp_path):
+    tree = make_image_tree(tmp_path / "tree", train=3, test=2)
+    # files written out of order on purpose
+    (tree / "train" / "cat" / "0002.png").rename(tree / "train" / "cat" / "tmp.png")
+    (tree / "train" / "cat" / "tmp.png").rename(tree / "train" / "cat" / "0002.png")
+    meta = convert(str(tree), tmp_path / "out", **QUIET)
+    assert meta["counts"] == {"train": 30, "test": 20}
+    data, _ = load_split(tmp_path / "out", "train")
+    for k, c in enumerate(CIFAR10_CLASSES):
+        for i in range(3):
+            np.testing.assert_array_equal(data.images[3 * k + i], np.asarray(Image.open(tree / "train" / c / f"{i:04d}.png")))
+    assert data.labels.tolist() == [k for k in range(10) for _ in range(3)]
+
+
+def test_official_tar_gz_and_zip_archives(tmp_path, small_batches):
+    tgz = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(tgz, "w:gz") as tf:
+        tf.add(small_batches, arcname="cifar-10-batches-py")
+    a = convert(str(tgz), tmp_path / "from-tgz", **QUIET)
+    b = convert(str(small_batches), tmp_path / "from-dir", **QUIET)
+    assert a["sha256"] == b["sha256"]
+    tree = make_image_tree(tmp_path / "tree")
+    zpath = tmp_path / "tree.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for p in sorted(tree.rglob("*.png")):
+            zf.write(p, p.relative_to(tree.parent))      # a top folder 'tree/' above train/ and test/
+    c = convert(str(zpath), tmp_path / "from-zip", **QUIET)
+    d = convert(str(tree), tmp_path / "from-tree", **QUIET)
+    assert c["sha256"] == d["sha256"]
+
+
+def test_download_without_network_says_to_pass_a_local_source(tmp_path, monkeypatch, capsys):
+    def offline(*a, **k):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+    monkeypatch.setattr("urllib.request.urlopen", offline)
+    monkeypatch.setattr("pipeline.sources.CACHE_DIR", tmp_path / "cache")
+    assert main(["--source", "download", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "could not download" in err and "pass a local source" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# safety
+# --------------------------------------------------------------------------------------------
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_with_a_code_running_payload_is_refused_and_never_runs(tmp_path, small_batches):
+    marker = tmp_path / "PWNED"
+    with open(small_batches / "data_batch_3", "wb") as f:
+        pickle.dump({"labels": _Payload(marker), "data": np.zeros((1, 3072), np.uint8)}, f, protocol=2)
+    proc = run_cli("--source", small_batches, "--out", tmp_path / "out")
+    assert_one_sentence_error(proc, "data_batch_3", "refused", "system")
+    assert not marker.exists(), "the payload ran"
+    assert not (tmp_path / "out").exists()
+
+
+def _tar_with(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
+    with tarfile.open(path, "w:gz") as tf:
+        for info, data in members:
+            tf.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def _png_bytes(size=(32, 32)) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((size[1], size[0], 3), np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _file(name, data):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, data
+
+
+@pytest.mark.parametrize("bad", ["dotdot", "absolute", "symlink", "hardlink", "oversized"])
+def test_dangerous_archive_members_are_refused(tmp_path, bad):
+    png = _png_bytes()
+    members = [_file(f"train/{c}/0000.png", png) for c in CIFAR10_CLASSES]
+    if bad == "dotdot":
+        members.insert(3, _file("train/../../evil.png", png))
+    elif bad == "absolute":
+        members.insert(3, _file("/tmp/evil.png", png))
+    elif bad in ("symlink", "hardlink"):
+        info = tarfile.TarInfo("train/cat/0001.png")
+        info.type = tarfile.SYMTYPE if bad == "symlink" else tarfile.LNKTYPE
+        info.linkname = "/etc/passwd"
+        members.insert(3, (info, None))
+    else:
+        members.insert(3, _file("train/cat/0001.png", b"\0" * (1 << 20 | 1)))
+    archive = _tar_with(tmp_path / "bad.tar.gz", members)
+    proc = run_cli("--source", archive, "--out", tmp_path / "out")
+    assert_one_sentence_error(proc, str(archive), "refused")
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "evil.png").exists() and not Path("/tmp/evil.png").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# bad input: one sentence naming the file, exit 2, nothing written
+# --------------------------------------------------------------------------------------------
+
+def test_truncated_pickle(tmp_path, small_batches):
+    p = small_batches / "data_batch_2"
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    proc = run_cli("--source", small_batches, "--out", tmp_path / "out")
+    assert_one_sentence_error(proc, "data_batch_2", "corrupt or truncated")
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_archive(tmp_path):
+    tree = make_image_tree(tmp_path / "tree", train=20, test=5)
+    tgz = tmp_path / "tree.tar.gz"
+    with tarfile.open(tgz, "w:gz") as tf:
+        tf.add(tree / "train", arcname="train")
+        tf.add(tree / "test", arcname="test")
+    tgz.write_bytes(tgz.read_bytes()[: tgz.stat().st_size * 2 // 3])
+    proc = run_cli("--source", tgz, "--out", tmp_path / "out")
+    assert_one_sentence_error(proc, "tree.tar.gz", "truncated")
+    assert not (tmp_path / "out").exists()
+
+
+def _rewrite(batch: Path, **changes):
+    with open(batch, "rb") as f:
+        d = pickle.load(f)
+    d.update(changes)
+    with open(batch, "wb") as f:
+        pickle.dump(d, f, protocol=2)
+
+
+@pytest.mark.parametrize("case,fragment", [
+    ("shape", "shape (N, 3072)"),
+    ("labels", "40 images but 39 labels"),
+    ("label-range", "0..9"),
+    ("missing-file", "has no data_batch_4"),
+    ("missing-class", "no image of class"),
+    ("not-a-dict", "not the dict"),
+])
+def test_bad_batches(tmp_path, small_batches, case, fragment):
+    b = small_batches / "data_batch_4"
+    if case == "shape":
+        _rewrite(b, data=np.zeros((40, 1000), np.uint8))
+    elif case == "labels":
+        _rewrite(b, labels=[0] * 39)
+    elif case == "label-range":
+        _rewrite(b, labels=[11] * 40)
+    elif case == "missing-file":
+        b.unlink()
+    elif case == "missing-class":
+        _rewrite(small_batches / "test_batch", labels=[0] * 40)
+    else:
+        b.write_bytes(pickle.dumps([1, 2, 3], protocol=2))
+    proc = run_cli("--source", small_batches, "--out", tmp_path / "out")
+    assert_one_sentence_error(proc, fragment)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case,fragment", [
+    ("missing-class", "no images of class 'dog'"),
+    ("size", "is 33x32"),
+    ("unreadable", "not a readable image"),
+    ("no-test", "has no test/"),
+])
+def test_bad_image_folders(tmp_path, case, fragment):
+    tree = make_image_tree(tmp_path / "tree", skip=("test", "dog") if case == "missing-class" else None)
+    if case == "size":
+        Image.fromarray(np.zeros((32, 33, 3), np.uint8)).save(tree / "train" / "cat" / "0005.png")
+    elif case == "unreadable":
+        (tree / "train" / "cat" / "0005.jpg").write_bytes(b"not a jpeg at all")
+    elif case == "no-test":
+        import shutil
+        shutil.rmtree(tree / "test")
+    proc = run_cli("--source", tree, "--out", tmp_path / "out")
+    assert_one_sentence_error(proc, fragment)
+    if case in ("size", "unreadable"):
+        assert "cat/0005" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_source_and_non_dataset_out(tmp_path, small_batches):
+    assert_one_sentence_error(run_cli("--source", tmp_path / "nope", "--out", tmp_path / "out"), "does not exist")
+    other = tmp_path / "precious"
+    other.mkdir()
+    (other / "thesis.txt").write_text("do not delete")
+    assert_one_sentence_error(run_cli("--source", small_batches, "--out", other, "--force"), "not a converted dataset")
+    assert (other / "thesis.txt").read_text() == "do not delete"
+
+
+# --------------------------------------------------------------------------------------------
+# atomicity and idempotency
+# --------------------------------------------------------------------------------------------
+
+def _leftovers(parent: Path, name: str):
+    return [p.name for p in parent.iterdir() if p.name.startswith(f".{name}.tmp-")]
+
+
+@pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
+def test_a_crash_mid_write_leaves_no_dir(tmp_path, small_batches, monkeypatch, exc):
+    calls = []
+    real_save = np.save
+
+    def crashing_save(*a, **k):
+        calls.append(a[0])
+        if len(calls) == 2:
+            raise exc("crash while writing")
+        return real_save(*a, **k)
+    monkeypatch.setattr("pipeline.format.np.save", crashing_save)
+    with pytest.raises(exc):
+        convert(str(small_batches), tmp_path / "out", **QUIET)
+    assert len(calls) == 2
+    assert not (tmp_path / "out").exists()
+    assert _leftovers(tmp_path, "out") == []
+
+
+def test_a_crash_during_force_keeps_the_old_dir(tmp_path, small_batches, monkeypatch):
+    out = tmp_path / "out"
+    convert(str(small_batches), out, **QUIET)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr("pipeline.format.np.save", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        convert(str(small_batches), out, force=True, **QUIET)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert _leftovers(tmp_path, "out") == []
+
+
+def test_a_killed_conversion_leaves_no_dir_and_the_next_run_cleans_up(tmp_path, small_batches):
+    out = tmp_path / "out"
+    code = ("import os, signal, numpy as np, pipeline.format as F\n"
+            "real = np.save\n"
+            "def save(*a, **k):\n"
+            "    real(*a, **k); os.kill(os.getpid(), signal.SIGKILL)\n"
+            "F.np.save = save\n"
+            f"from pipeline.convert import main; main(['--source', {str(small_batches)!r}, '--out', {str(out)!r}])\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()
+    assert len(_leftovers(tmp_path, "out")) == 1          # the dead process's temporary folder
+    assert run_cli("--source", small_batches, "--out", out).returncode == 0
+    assert _leftovers(tmp_path, "out") == []
+    assert read_meta(out)["counts"]["train"] == 200
+
+
+def test_second_run_does_nothing_and_force_redoes(tmp_path, small_batches):
+    out = tmp_path / "out"
+    assert run_cli("--source", small_batches, "--out", out).returncode == 0
+    stamp = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = run_cli("--source", small_batches, "--out", out)
+    assert again.returncode == 0 and "already" in again.stdout and "nothing to do" in again.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamp
+    forced = run_cli("--source", small_batches, "--out", out, "--force")
+    assert forced.returncode == 0 and "converted" in forced.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} != stamp
+    # another source into the same folder: refused without --force
+    other = write_batches(tmp_path / "other" / "cifar-10-batches-py", per_batch=30, seed=5)
+    assert_one_sentence_error(run_cli("--source", other, "--out", out), "another source", "--force")
+    assert run_cli("--source", other, "--out", out, "--force").returncode == 0
+    assert read_meta(out)["counts"]["train"] == 150
+
+
+# --------------------------------------------------------------------------------------------
+# the format's own checks
+# --------------------------------------------------------------------------------------------
+
+def test_readers_refuse_another_format_version_and_corrupt_arrays(tmp_path, small_batches):
+    out = tmp_path / "out"
+    convert(str(small_batches), out, **QUIET)
+    meta = json.loads((out / "meta.json").read_text())
+    meta["format_version"] = FORMAT_VERSION + 1
+    (out / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="format version .* convert again with --force"):
+        load_split(out, "train")
+    convert(str(small_batches), out, force=True, **QUIET)
+    raw = bytearray((out / "test_images.npy").read_bytes())
+    raw[-1] ^= 0xFF
+    (out / "test_images.npy").write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="checksum"):
+        load_split(out, "test")
+    with pytest.raises(DataError, match="pipeline.convert"):
+        load_split(tmp_path / "missing", "train")
