@@ -1,0 +1,65 @@
+"""Checkpoints: written atomically, read with ``torch.load(weights_only=True)``, checked with a sentence."""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from model.net import ARCHS, build_model
+
+
+class CheckpointError(Exception):
+    """A missing, corrupt or incompatible checkpoint. The message is one sentence for the user."""
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    """torch.save into a temporary file beside ``path``, fsync, then rename: never half a checkpoint."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load(path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist.")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        text = str(e)
+        if "Unsupported global" in text:
+            what = text[text.index("Unsupported global"):].split(" was not")[0]
+            reason = f"it holds more than weights and plain data ({what}), so it was not loaded"
+        else:
+            reason = "corrupt, truncated or not a PyTorch checkpoint"
+        raise CheckpointError(f"{path} is not a readable checkpoint: {reason}.") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "arch" not in ckpt:
+        raise CheckpointError(f"{path} is not a cifarflow checkpoint (no model weights and arch).")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict, path="checkpoint", arch: str | None = None) -> torch.nn.Module:
+    """The model a checkpoint holds; ``arch`` (if given) must be the checkpoint's."""
+    if ckpt["arch"] not in ARCHS:
+        raise CheckpointError(f"{path} holds an unknown arch {ckpt['arch']!r}.")
+    if arch is not None and arch != ckpt["arch"]:
+        raise CheckpointError(f"{path} holds a {ckpt['arch']!r} model, not {arch!r}: pass --arch {ckpt['arch']} "
+                              f"or another checkpoint.")
+    net = build_model(ckpt["arch"], ckpt.get("num_classes", 10))
+    state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in ckpt["model"].items()}
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not fit the {ckpt['arch']!r} model of this version "
+                              f"({str(e).splitlines()[0][:160]}).") from None
+    return net

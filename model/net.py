@@ -1,0 +1,109 @@
+"""The CIFAR-10 CNN: C1-C2-C3-C4-Output, no max-pooling, under 200k parameters.
+
+    C1  plain 3x3 convolutions at full resolution
+    C2  downsample, then depthwise-separable residual blocks
+    C3  downsample, then depthwise-separable residual blocks with dilation 2
+    C4  downsample, then a depthwise-separable residual block
+    O   global average pooling, then a Linear layer
+
+arch="c1c2c3c4" downsamples with stride-2 depthwise convolutions (32 -> 16 -> 8 -> 4).
+arch="dilated" has no strided convolution at all: every block stays at 32x32 and the receptive field
+grows through dilations 2, 4 and 8 instead (more compute for the same parameters).
+
+Every Conv2d lies on the main path, in module order (the residual shortcuts are identities), which
+is what ``receptive_field`` relies on.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ARCHS = ("c1c2c3c4", "dilated")
+
+
+class ConvBN(nn.Sequential):
+    """Conv -> BatchNorm -> ReLU; groups=in_channels makes it depthwise."""
+
+    def __init__(self, cin, cout, k=3, stride=1, dilation=1, groups=1, relu=True):
+        pad = dilation * (k - 1) // 2
+        layers = [nn.Conv2d(cin, cout, k, stride, pad, dilation, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+        if relu:
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+class SeparableConv(nn.Sequential):
+    """Depthwise-separable convolution: depthwise 3x3 (groups = in_channels), then pointwise 1x1."""
+
+    def __init__(self, cin, cout, stride=1, dilation=1, relu=True):
+        super().__init__(ConvBN(cin, cin, 3, stride, dilation, groups=cin),
+                         ConvBN(cin, cout, 1, relu=relu))
+
+
+class SeparableResidual(nn.Module):
+    """x + (separable conv -> separable conv)(x), then ReLU."""
+
+    def __init__(self, channels, dilation=1):
+        super().__init__()
+        self.body = nn.Sequential(SeparableConv(channels, channels, dilation=dilation),
+                                  SeparableConv(channels, channels, dilation=dilation, relu=False))
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.act(x + self.body(x))
+
+
+class Net(nn.Module):
+    def __init__(self, arch: str = "c1c2c3c4", num_classes: int = 10,
+                 widths: tuple[int, int, int, int] | None = None):
+        super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"unknown arch {arch!r}: choose one of {', '.join(ARCHS)}.")
+        self.arch = arch
+        # the dilated arch computes every layer at 32x32, so it is kept narrow
+        w1, w2, w3, w4 = widths or ((64, 96, 128, 160) if arch == "c1c2c3c4" else (32, 48, 64, 96))
+        if arch == "c1c2c3c4":
+            down = dict(stride=2)                         # 32 -> 16 -> 8 -> 4
+            dil = (1, 2, 1)                               # C3's block is the dilated one
+            blocks = (2, 1, 1)
+        else:
+            down = dict(stride=1)                         # no strided convolution anywhere
+            dil = (2, 4, 8)
+            blocks = (1, 1, 1)
+        self.c1 = nn.Sequential(ConvBN(3, 32), ConvBN(32, w1))
+        self.c2 = nn.Sequential(SeparableConv(w1, w2, dilation=1 if down["stride"] == 2 else dil[0], **down),
+                                *[SeparableResidual(w2, dil[0] if arch == "dilated" else 1) for _ in range(blocks[0])])
+        self.c3 = nn.Sequential(SeparableConv(w2, w3, dilation=1 if down["stride"] == 2 else dil[1], **down),
+                                *[SeparableResidual(w3, dil[1]) for _ in range(blocks[1])])
+        self.c4 = nn.Sequential(SeparableConv(w3, w4, dilation=1 if down["stride"] == 2 else dil[2], **down),
+                                *[SeparableResidual(w4, dil[2] if arch == "dilated" else 1) for _ in range(blocks[2])])
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(w4, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c4(self.c3(self.c2(self.c1(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def build_model(arch: str = "c1c2c3c4", num_classes: int = 10) -> Net:
+    return Net(arch, num_classes)
+
+
+def count_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+def conv_layers(net: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    return [(name, m) for name, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def receptive_field(net: nn.Module) -> int:
+    """Analytic receptive field of one output of the last feature map: r += (k - 1) * d * jump;
+    jump *= stride, over the convolutions of the main path in order."""
+    rf, jump = 1, 1
+    for _, conv in conv_layers(net):
+        rf += (conv.kernel_size[0] - 1) * conv.dilation[0] * jump
+        jump *= conv.stride[0]
+    return rf

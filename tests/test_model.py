@@ -1,0 +1,91 @@
+"""The model contract, for both archs."""
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import ROOT
+from model import ARCHS, build_model, conv_layers, count_parameters, receptive_field
+
+
+@pytest.fixture(params=ARCHS)
+def net(request):
+    torch.manual_seed(0)
+    return build_model(request.param)
+
+
+def test_budget_and_building_blocks(net):
+    assert count_parameters(net) < 200_000
+    mods = list(net.modules())
+    assert not any(isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d)) for m in mods)
+    convs = [c for _, c in conv_layers(net)]
+    # depthwise-separable: a depthwise 3x3 (groups = in_channels) followed by a 1x1
+    pairs = [(a, b) for a, b in zip(convs, convs[1:])
+             if a.groups == a.in_channels > 1 and b.kernel_size == (1, 1) and b.in_channels == a.out_channels]
+    assert pairs
+    assert any(c.dilation[0] > 1 for c in convs)
+    # global average pooling, then a Linear layer, at the end
+    assert isinstance(net.pool, nn.AdaptiveAvgPool2d) and net.pool.output_size in (1, (1, 1))
+    assert isinstance(net.fc, nn.Linear) and net.fc.out_features == 10
+    assert receptive_field(net) > 44
+
+
+def test_downsampling(net):
+    strides = [c.stride[0] for _, c in conv_layers(net)]
+    if net.arch == "dilated":
+        assert set(strides) == {1}, "the dilated arch has no strided convolution at all"
+    else:
+        assert strides.count(2) == 3
+    assert net.features(torch.zeros(1, 3, 32, 32)).shape[-1] == (32 if net.arch == "dilated" else 4)
+
+
+def test_output_and_channels_last_equal_contiguous(net):
+    net.eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        a = net(x)
+        cl = net.to(memory_format=torch.channels_last)
+        b = cl(x.to(memory_format=torch.channels_last))
+    assert a.shape == (4, 10)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def measured_receptive_field(net, size=160) -> int:
+    """The extent of the input region whose gradient reaches the centre output of the last feature map,
+    with positive weights and inputs so that no ReLU or cancellation hides a path."""
+    net = net.eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.fill_(0.01)
+            elif isinstance(m, nn.BatchNorm2d):
+                m.weight.fill_(1), m.bias.fill_(0), m.running_mean.fill_(0), m.running_var.fill_(1)
+    x = torch.ones(1, 3, size, size, requires_grad=True)
+    f = net.features(x)
+    h, w = f.shape[-2:]
+    f[0, :, h // 2, w // 2].sum().backward()
+    rows = torch.nonzero(x.grad[0].abs().sum(0).sum(1)).flatten()
+    cols = torch.nonzero(x.grad[0].abs().sum(0).sum(0)).flatten()
+    assert rows.min() > 0 and rows.max() < size - 1, "input too small to contain the whole field"
+    assert rows.max() - rows.min() == cols.max() - cols.min()
+    return int(rows.max() - rows.min() + 1)
+
+
+def test_receptive_field_matches_a_measurement(net):
+    assert measured_receptive_field(net) == receptive_field(net)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_layer_table_cli(arch):
+    proc = subprocess.run([sys.executable, "-m", "model", "--arch", arch], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    net = build_model(arch)
+    lines = proc.stdout.splitlines()
+    assert f"{count_parameters(net):,} parameters, receptive field {receptive_field(net)}" in lines[-1]
+    # the parameter column adds up to the total
+    body = [ln for ln in lines[2:-2]]
+    assert sum(int(ln.split()[-3].replace(",", "")) for ln in body) == count_parameters(net)
+    assert body[-1].split()[-2] == str(receptive_field(net))

@@ -1,0 +1,139 @@
+"""train.py and model.evaluate on cifar10-mini: learning, resume, AMP, bad input."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT
+from pipeline import available_loaders
+
+
+def train_cmd(*args):
+    return [sys.executable, "train.py", *map(str, args)]
+
+
+def run(cmd, timeout=600):
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("loader", available_loaders())
+def test_one_epoch_lowers_the_loss(mini_dir, tmp_path, loader):
+    out = tmp_path / "run"
+    proc = run(train_cmd("--loader", loader, "--data-dir", mini_dir, "--epochs", 1, "--schedule", "step",
+                         "--lr", 0.05, "--out", out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics) == 1
+    m = metrics[0]
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s", "img_per_s", "lr"):
+        assert key in m
+    # from chance (loss ln 10 = 2.303, accuracy 10%) to clearly better
+    assert m["test_loss"] < math.log(10) - 0.1 and m["test_acc"] > 0.2, m
+    config = json.loads((out / "config.json").read_text())
+    assert config["args"]["loader"] == loader and config["policy"]["dropout"]["hole_height"] == 16
+    assert config["data"]["counts"]["train"] > 0
+    assert (out / "history.png").stat().st_size > 10_000
+    assert any((out / "tb").iterdir())
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_a_killed_run_resumes_to_the_same_weights(mini_dir, tmp_path):
+    common = ("--data-dir", mini_dir, "--epochs", 2, "--workers", 2, "--seed", 3)
+    straight = tmp_path / "straight"
+    assert run(train_cmd(*common, "--out", straight)).returncode == 0
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd(*common, "--out", killed), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not (killed / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert torch.load(killed / "checkpoint.pt", weights_only=True)["epoch"] == 1, "killed during epoch 2"
+    assert json.loads((killed / "metrics.json").read_text())[-1]["epoch"] == 1
+
+    again = run(train_cmd(*common, "--out", killed))
+    assert again.returncode != 0 and "--resume" in again.stderr   # never silently overwritten
+    resumed = run(train_cmd(*common, "--out", killed, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stdout
+    a, b = _weights(straight / "checkpoint.pt"), _weights(killed / "checkpoint.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert len(json.loads((killed / "metrics.json").read_text())) == 2
+
+
+def test_cpu_amp_path_runs():
+    import train
+    dtype, note = train.precision(torch.device("cpu"), "on")
+    assert dtype == torch.bfloat16 and "bf16" in note
+    assert train.precision(torch.device("cpu"), "off")[0] is None
+    from model import build_model
+    net = build_model().to(memory_format=torch.channels_last)
+    args = train.parse_args(["--epochs", "1"])
+    opt = train.make_optimizer(net, args)
+    sched, per_batch = train.make_scheduler(opt, args, 3)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(16, 3, 32, 32, generator=g).to(memory_format=torch.channels_last),
+                torch.randint(0, 10, (16,), generator=g)) for _ in range(3)]
+    before = [p.detach().clone() for p in net.parameters()]
+    loss, acc, seconds, img_s = train.train_one_epoch(net, batches, opt, sched, per_batch, scaler,
+                                                      torch.device("cpu"), dtype, 0.1, 0, 1)
+    assert math.isfinite(loss) and 0 <= acc <= 1 and img_s > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    val_loss, val_acc = train.evaluate(net, batches, torch.device("cpu"), dtype)
+    assert math.isfinite(val_loss)
+
+
+def test_bad_input_gets_a_sentence(mini_dir, tmp_path):
+    missing = run(train_cmd("--data-dir", tmp_path / "nodata", "--out", tmp_path / "r1"))
+    assert missing.returncode == 2 and "python -m pipeline.convert" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    for bad in (("--batch-size", 0), ("--epochs", -1), ("--lr", "nan"), ("--loader", "keras")):
+        proc = run(train_cmd("--data-dir", mini_dir, *bad))
+        assert proc.returncode == 2 and "usage:" in proc.stderr and "Traceback" not in proc.stderr, bad
+
+
+def test_unavailable_loader_says_how_to_install(mini_dir, tmp_path, monkeypatch, capsys):
+    import pipeline
+    import train
+    fake = pipeline._Engine("pipeline.engines.nope", ("surely_missing_mod",), "pip install -e '.[fake]'", "x")
+    monkeypatch.setitem(pipeline._ENGINES, "torch", fake)
+    assert train.main(["--data-dir", str(mini_dir), "--out", str(tmp_path / "r"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "needs surely_missing_mod" in err and "pip install" in err
+
+
+def test_evaluate_reports_and_refuses_bad_checkpoints(mini_dir, tmp_path):
+    out = tmp_path / "run"
+    assert run(train_cmd("--data-dir", mini_dir, "--epochs", 1, "--out", out)).returncode == 0
+    ev = run([sys.executable, "-m", "model.evaluate", "--checkpoint", out / "checkpoint.pt", "--data-dir", mini_dir])
+    assert ev.returncode == 0, ev.stderr
+    acc = json.loads((out / "metrics.json").read_text())[-1]["test_acc"]
+    assert f"test accuracy: {100 * acc:.2f}%" in ev.stdout      # the same figure train.py measured
+    assert (out / "checkpoint-confusion.png").exists() and (out / "checkpoint-misclassified.png").exists()
+
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes((out / "checkpoint.pt").read_bytes()[:5000])
+    other = tmp_path / "other-arch.pt"
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    ckpt["arch"] = "dilated"
+    torch.save(ckpt, other)
+    for path, fragment in ((corrupt, "not a readable checkpoint"), (other, "does not fit the 'dilated' model"),
+                           (tmp_path / "none.pt", "does not exist")):
+        proc = run([sys.executable, "-m", "model.evaluate", "--checkpoint", path, "--data-dir", mini_dir])
+        assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    resume_other = run(train_cmd("--data-dir", mini_dir, "--epochs", 1, "--out", out, "--resume", "--arch", "dilated"))
+    assert resume_other.returncode != 0 and "--arch c1c2c3c4" in resume_other.stderr

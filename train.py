@@ -1,0 +1,367 @@
+"""Train the CIFAR-10 CNN with any registered loader engine.
+
+    python train.py --loader torch --data-dir data/cifar10 --epochs 30 --out runs/NAME
+
+Per epoch: a progress bar (loss, img/s), test accuracy, ``metrics.json``, TensorBoard scalars,
+``history.png``, and an atomic checkpoint that ``--resume`` continues from. ``config.json`` holds
+the arguments, the augmentation policy and the data's meta. Channels-last and mixed precision
+are on by default; what ran is logged.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model import ARCHS, build_model, count_parameters, receptive_field
+from model.checkpoint import CheckpointError, load, model_from_checkpoint, save_atomic
+from pipeline import LoaderUnavailable, build_loader, known_loaders
+from pipeline.format import DataError, read_meta
+from pipeline.policy import AugmentPolicy
+
+
+# ---------------------------------------------------------------------------------------------
+# arguments
+# ---------------------------------------------------------------------------------------------
+
+def positive_int(text):
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return v
+
+
+def non_negative_float(text):
+    v = float(text)
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
+    return v
+
+
+def positive_float(text):
+    v = non_negative_float(text)
+    if v == 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return v
+
+
+def fraction(text):
+    v = float(text)
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
+    return v
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(
+        prog="python train.py",
+        description="Train the C1-C2-C3-C4-Output CNN on converted CIFAR-10 with one of the loader engines "
+                    "(all share one augmentation policy). Writes metrics.json, config.json, history.png, "
+                    "TensorBoard scalars and a checkpoint per epoch into --out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--loader", default="torch", choices=list(known_loaders()),
+                    help="data engine; see pipeline.available_loaders() for the ones installed here")
+    ap.add_argument("--data-dir", default="data/cifar10", help="converted data (python -m pipeline.convert)")
+    ap.add_argument("--source", default=None,
+                    help="if --data-dir holds no converted data, convert this source into it first "
+                         "('download', a cifar-10-batches-py folder, the official tar.gz or an image-folder archive)")
+    ap.add_argument("--epochs", type=positive_int, default=30)
+    ap.add_argument("--batch-size", type=positive_int, default=128)
+    ap.add_argument("--lr", type=positive_float, default=0.1, help="peak learning rate (onecycle) or initial (step)")
+    ap.add_argument("--momentum", type=fraction, default=0.9)
+    ap.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--weight-decay", type=non_negative_float, default=5e-4,
+                    help="on convolution and linear weights (not on BatchNorm or biases)")
+    ap.add_argument("--schedule", choices=["onecycle", "step"], default="onecycle")
+    ap.add_argument("--step-size", type=positive_int, default=8, help="StepLR: epochs between decays")
+    ap.add_argument("--gamma", type=positive_float, default=0.1, help="StepLR: decay factor")
+    ap.add_argument("--warmup", type=fraction, default=0.25, help="OneCycle: share of steps spent warming up")
+    ap.add_argument("--label-smoothing", type=fraction, default=0.1)
+    ap.add_argument("--arch", choices=ARCHS, default="c1c2c3c4")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ap.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
+                    help="mixed precision: auto = bf16 on CUDA where supported (else fp16 with a GradScaler), "
+                         "bf16 on CPUs with native bf16 (avx512_bf16/AMX), fp32 on other CPUs")
+    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (opt-in)")
+    ap.add_argument("--workers", type=int, default=None, help="loader worker processes (engines that use them)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="run folder (default runs/<loader>-<arch>)")
+    ap.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    args = ap.parse_args(argv)
+    if args.workers is not None and args.workers < 0:
+        ap.error("--workers must be >= 0")
+    if args.out is None:
+        args.out = f"runs/{args.loader}-{args.arch}"
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# set-up helpers
+# ---------------------------------------------------------------------------------------------
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+
+
+def precision(device: torch.device, amp: str) -> tuple[torch.dtype | None, str]:
+    """(autocast dtype or None, a sentence saying what runs and why)."""
+    if amp == "off":
+        return None, "fp32 (--amp off)"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, "bf16 autocast on CUDA"
+        return torch.float16, "fp16 autocast with a GradScaler on CUDA"
+    if amp == "on" or cpu_has_native_bf16():
+        return torch.bfloat16, "bf16 autocast on the CPU" + ("" if cpu_has_native_bf16() else
+                                                             " (forced: no native bf16, expect it to be slower)")
+    return None, "fp32: this CPU has no native bf16 (avx512_bf16/AMX), where bf16 autocast is slower; --amp on forces it"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+            "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def make_optimizer(net, args):
+    decay = [p for p in net.parameters() if p.ndim > 1]
+    no_decay = [p for p in net.parameters() if p.ndim <= 1]
+    return torch.optim.SGD([{"params": decay, "weight_decay": args.weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}],
+                           lr=args.lr, momentum=args.momentum, nesterov=args.nesterov)
+
+
+def make_scheduler(opt, args, steps_per_epoch):
+    """Returns (scheduler, steps it per batch?)."""
+    if args.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=args.warmup,
+            anneal_strategy="linear", div_factor=10.0, final_div_factor=100.0,
+            base_momentum=args.momentum, max_momentum=args.momentum), True
+    return torch.optim.lr_scheduler.StepLR(opt, step_size=args.step_size, gamma=args.gamma), False
+
+
+def ensure_data(args) -> dict:
+    data_dir = Path(args.data_dir)
+    if not (data_dir / "meta.json").is_file() and args.source:
+        from pipeline.convert import convert
+        convert(args.source, data_dir)
+    return read_meta(data_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------------
+
+def evaluate(net, loader, device, amp_dtype) -> tuple[float, float]:
+    net.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        for x, y in loader:
+            out = net(x).float()
+            loss_sum += F.cross_entropy(out, y, reduction="sum").item()
+            correct += (out.argmax(1) == y).sum().item()
+            n += len(y)
+    return loss_sum / n, correct / n
+
+
+def train_one_epoch(net, loader, opt, sched, per_batch, scaler, device, amp_dtype, smoothing, epoch, epochs):
+    from tqdm import tqdm
+    net.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    n = 0
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False, mininterval=1.0,
+               dynamic_ncols=True)
+    with bar:
+        for x, y in bar:
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                out = net(x)
+                loss = F.cross_entropy(out.float(), y, label_smoothing=smoothing)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            if per_batch:
+                sched.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (out.detach().argmax(1) == y).sum()
+            n += len(y)
+            if (n // len(y)) % 10 == 1:
+                bar.set_postfix(loss=f"{loss_sum.item() / n:.3f}", img_s=f"{n / (time.perf_counter() - start):.0f}")
+    if not per_batch:
+        sched.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return loss_sum.item() / n, correct.item() / n, seconds, n / seconds
+
+
+def plot_history(metrics: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ep = [m["epoch"] for m in metrics]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    a.plot(ep, [m["train_loss"] for m in metrics], "o-", label="train (augmented, smoothed)")
+    a.plot(ep, [m["test_loss"] for m in metrics], "o-", label="test")
+    a.set_xlabel("epoch"), a.set_ylabel("loss"), a.legend(), a.grid(alpha=0.3)
+    b.plot(ep, [100 * m["train_acc"] for m in metrics], "o-", label="train (augmented)")
+    b.plot(ep, [100 * m["test_acc"] for m in metrics], "o-", label="test")
+    b.set_xlabel("epoch"), b.set_ylabel("accuracy (%)"), b.legend(), b.grid(alpha=0.3)
+    best = max(metrics, key=lambda m: m["test_acc"])
+    fig.suptitle(f"last test accuracy {100 * metrics[-1]['test_acc']:.2f}% "
+                 f"(best {100 * best['test_acc']:.2f}% at epoch {best['epoch']})")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_json(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def run(args) -> dict:
+    out = Path(args.out)
+    ckpt_path = out / "checkpoint.pt"
+    if out.exists() and ckpt_path.exists() and not args.resume:
+        raise SystemExit(f"error: {out} already holds a run: pass --resume to continue it, or another --out.")
+    if args.resume and not ckpt_path.exists():
+        raise SystemExit(f"error: --resume: {ckpt_path} does not exist, nothing to continue.")
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda, but this machine has no CUDA GPU: use --device cpu or auto.")
+    amp_dtype, amp_note = precision(device, args.amp)
+    meta = ensure_data(args)
+    policy = AugmentPolicy.from_meta(meta)
+    seed_everything(args.seed)
+
+    options = {} if args.workers is None else {"num_workers": args.workers}
+    train_loader = build_loader(args.loader, args.data_dir, "train", args.batch_size, device=device,
+                                seed=args.seed, policy=policy, **options)
+    test_loader = build_loader(args.loader, args.data_dir, "test", 500, device=device, augment=False,
+                               seed=args.seed, policy=policy, **options)
+
+    net = build_model(args.arch, len(meta["classes"])).to(device)
+    if args.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    opt = make_optimizer(net, args)
+    sched, per_batch = make_scheduler(opt, args, len(train_loader))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    metrics, start_epoch = [], 0
+
+    if args.resume:
+        ckpt = load(ckpt_path)
+        saved = ckpt["config"]["args"]
+        for key in ("arch", "loader", "batch_size", "epochs", "schedule", "seed", "lr"):
+            if saved[key] != getattr(args, key):
+                raise SystemExit(f"error: --resume: the run in {out} used --{key.replace('_', '-')} "
+                                 f"{saved[key]}, not {getattr(args, key)}: pass the same value.")
+        net.load_state_dict(model_from_checkpoint(ckpt, ckpt_path, args.arch).state_dict())
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        metrics, start_epoch = list(ckpt["metrics"]), ckpt["epoch"]
+        print(f"resuming {out} after epoch {start_epoch}")
+
+    compiled = torch.compile(net) if args.compile else net
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"args": vars(args), "policy": policy.to_dict(), "data": {k: meta[k] for k in
+              ("classes", "counts", "mean", "std", "source")}, "precision": amp_note, "device": str(device),
+              "parameters": count_parameters(net), "receptive_field": receptive_field(net),
+              "torch": str(torch.__version__)}
+    write_json(config, out / "config.json")
+    print(f"{args.arch}: {count_parameters(net):,} parameters, receptive field {receptive_field(net)}; "
+          f"loader {args.loader}, {len(train_loader)} batches of {args.batch_size}; device {device}; "
+          f"{amp_note}; {'channels-last' if args.channels_last else 'contiguous'}"
+          f"{'; torch.compile' if args.compile else ''}")
+
+    from torch.utils.tensorboard import SummaryWriter
+    tb = SummaryWriter(str(out / "tb"), purge_step=start_epoch + 1)
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            train_loader.set_epoch(epoch)
+            lr = opt.param_groups[0]["lr"]
+            tr_loss, tr_acc, seconds, img_s = train_one_epoch(
+                compiled, train_loader, opt, sched, per_batch, scaler, device, amp_dtype,
+                args.label_smoothing, epoch, args.epochs)
+            te_loss, te_acc = evaluate(compiled, test_loader, device, amp_dtype)
+            m = {"epoch": epoch + 1, "train_loss": tr_loss, "train_acc": tr_acc, "test_loss": te_loss,
+                 "test_acc": te_acc, "epoch_time_s": seconds, "img_per_s": img_s, "lr": lr}
+            metrics.append(m)
+            print(f"epoch {epoch + 1:>3}/{args.epochs}  train loss {tr_loss:.4f} acc {100 * tr_acc:5.2f}%  "
+                  f"test loss {te_loss:.4f} acc {100 * te_acc:5.2f}%  {seconds:6.1f}s  {img_s:7.0f} img/s  lr {lr:.4f}",
+                  flush=True)
+            for k, v in m.items():
+                if k != "epoch":
+                    tb.add_scalar(k, v, epoch + 1)
+            tb.flush()
+            save_atomic({"model": net.state_dict(), "arch": args.arch, "num_classes": len(meta["classes"]),
+                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                         "scaler": scaler.state_dict(), "rng": rng_state(), "epoch": epoch + 1,
+                         "metrics": metrics, "config": config}, ckpt_path)
+            write_json(metrics, out / "metrics.json")
+            plot_history(metrics, out / "history.png")
+    except KeyboardInterrupt:
+        done = metrics[-1]["epoch"] if metrics else 0
+        raise SystemExit(f"\ninterrupted: {out} holds the checkpoint of epoch {done}; "
+                         f"continue with the same command and --resume.") from None
+    finally:
+        tb.close()
+    if metrics:
+        print(f"test accuracy {100 * metrics[-1]['test_acc']:.2f}% after {metrics[-1]['epoch']} epochs -> {out}")
+    return {"metrics": metrics, "out": str(out)}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (DataError, LoaderUnavailable, CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
