@@ -68,8 +68,9 @@ def parse_args(argv=None):
                     "(all share one augmentation policy). Writes metrics.json, config.json, history.png, "
                     "TensorBoard scalars and a checkpoint per epoch into --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--loader", default="torch", choices=list(known_loaders()),
-                    help="data engine; see pipeline.available_loaders() for the ones installed here")
+    ap.add_argument("--loader", default="gpu", choices=list(known_loaders()),
+                    help="data engine (gpu: batched torch ops on a device-resident dataset, the fastest here; "
+                         "torch: the albumentations reference); pipeline.available_loaders() lists those installed")
     ap.add_argument("--data-dir", default="data/cifar10", help="converted data (python -m pipeline.convert)")
     ap.add_argument("--source", default=None,
                     help="if --data-dir holds no converted data, convert this source into it first "

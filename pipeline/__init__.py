@@ -32,6 +32,8 @@ _ENGINES: dict[str, _Engine] = {
     "torch": _Engine("pipeline.engines.reference", ("albumentations", "cv2"),
                      "pip install 'albumentations==2.0.8' 'opencv-python-headless>=5,<6'",
                      "albumentations on CPU DataLoader workers (the reference and the baseline)"),
+    "gpu": _Engine("pipeline.engines.gpu", (), "pip install torch",
+                   "batched PyTorch ops on a device-resident dataset, per-sample random parameters"),
 }
 
 

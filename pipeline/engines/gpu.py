@@ -1,0 +1,117 @@
+"""The ``gpu`` engine: the policy as batched PyTorch ops on a dataset resident on the device.
+
+The converted arrays are copied to the device once, as one uint8 tensor (the CPU when there is no GPU).
+Each epoch is a permutation drawn from a seeded ``torch.Generator`` on that device; each batch draws
+its per-sample parameters (``pipeline.params.sample_params``) and runs ``apply``: no DataLoader, no
+per-sample Python loop.
+
+``apply(images, params, policy)`` is deterministic, which is what lets the parity harness replay the
+same parameters through albumentations:
+- flip: ``torch.where`` between the batch and its mirror;
+- shift-scale-rotate: one batched ``affine_grid`` + ``grid_sample`` (bilinear, align_corners=False)
+  whose theta reproduces albumentations' matrix; the border is the per-channel mean, by sampling
+  ``x - mean`` with zero padding and adding the mean back, then rounding as OpenCV does;
+- dropout: a mask of the hole, filled with the (truncated) mean;
+then float conversion, normalization and channels-last in the same pass.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.format import load_split
+from pipeline.output import epoch_seed
+from pipeline.params import Params, dropout_fill, grid_sample_theta, sample_params, ssr_fill
+from pipeline.policy import AugmentPolicy
+
+
+def apply(images: torch.Tensor, params: Params, policy: AugmentPolicy) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float32 (B, 3, H, W) channels-last holding whole pixel values 0..255."""
+    b, h, w, _ = images.shape
+    dev = images.device
+    x = images.permute(0, 3, 1, 2).float()      # channels-last view of the NHWC batch
+    x = torch.where(params.flip.view(-1, 1, 1, 1), x.flip(3), x)
+
+    fill = torch.tensor(ssr_fill(policy), dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    theta = grid_sample_theta(params, h)
+    grid = F.affine_grid(theta, [b, 3, h, w], align_corners=False)
+    warped = F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
+    warped = warped.round_().clamp_(0, 255)
+    x = torch.where(params.ssr.view(-1, 1, 1, 1), warped, x)
+
+    d = policy.dropout
+    rows = torch.arange(h, device=dev).view(1, 1, h, 1)
+    cols = torch.arange(w, device=dev).view(1, 1, 1, w)
+    hy, hx = params.hole_y.view(b, -1, 1, 1), params.hole_x.view(b, -1, 1, 1)
+    inside = ((rows >= hy) & (rows < hy + d.hole_height) & (cols >= hx) & (cols < hx + d.hole_width)).any(1)
+    hole = (inside & params.dropout.view(-1, 1, 1)).unsqueeze(1)
+    hole_value = torch.tensor(dropout_fill(policy), dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    x = torch.where(hole, hole_value, x)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def replay(images: torch.Tensor, params: Params, policy: AugmentPolicy) -> torch.Tensor:
+    """For the parity harness: uint8 (B, H, W, 3) in, uint8 (B, H, W, 3) out."""
+    return apply(images, params.to(images.device), policy).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+class GpuLoader:
+    """One epoch per ``iter()``; the epoch number advances after each, or is set with ``set_epoch``."""
+
+    def __init__(self, data_dir, split, batch_size, *, device, policy: AugmentPolicy, augment, seed,
+                 normalize, return_index, shuffle=None, drop_last=False, shard=(0, 1), compile=False):
+        data, _ = load_split(data_dir, split)
+        self.images = torch.from_numpy(np.array(data.images)).to(device)   # read once, resident
+        self.labels = torch.from_numpy(np.array(data.labels)).to(device)
+        self.device, self.policy, self.augment, self.seed = device, policy, augment, seed
+        self.batch_size, self.drop_last, self.return_index = batch_size, drop_last, return_index
+        self.shuffle = split == "train" if shuffle is None else shuffle
+        self.rank, self.world = shard
+        self.normalize = normalize
+        self.mean = torch.tensor(policy.mean, device=device).view(1, 3, 1, 1)
+        self.inv_std = 1.0 / torch.tensor(policy.std, device=device).view(1, 3, 1, 1)
+        self.apply = torch.compile(apply, dynamic=False) if compile else apply
+        self._next_epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self._next_epoch = epoch
+
+    def _num_local(self) -> int:
+        return len(range(self.rank, len(self.labels), self.world))
+
+    def __len__(self) -> int:
+        n = self._num_local()
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self):
+        epoch, self._next_epoch = self._next_epoch, self._next_epoch + 1
+        gen = torch.Generator(device=self.device).manual_seed(epoch_seed(self.seed, epoch))
+        n = len(self.labels)
+        order = torch.randperm(n, generator=gen, device=self.device) if self.shuffle else \
+            torch.arange(n, device=self.device)
+        order = order[self.rank::self.world]
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            images = self.images[idx]
+            if self.augment:
+                x = self.apply(images, sample_params(len(idx), self.policy, gen), self.policy)
+            else:
+                x = images.permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last)
+            if self.normalize:
+                x = (x - self.mean).mul_(self.inv_std)
+            else:
+                x = x.to(torch.uint8)
+            yield (x, self.labels[idx], idx) if self.return_index else (x, self.labels[idx])
+
+
+def build(data_dir, split, batch_size, *, device, policy, augment, seed, normalize, return_index, **options):
+    return GpuLoader(data_dir, split, batch_size, device=device, policy=policy, augment=augment, seed=seed,
+                     normalize=normalize, return_index=return_index, **options)
+
+
+def sampled_params(n: int, policy: AugmentPolicy, seed: int, device="cpu") -> Params:
+    """For the parity harness: ``n`` samples' parameters as this engine draws them."""
+    return sample_params(n, policy, torch.Generator(device=device).manual_seed(seed), device=device)

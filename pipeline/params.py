@@ -1,0 +1,115 @@
+"""Per-sample augmentation parameters and albumentations' conventions, shared by every engine that
+replays parameters and by the parity harness.
+
+``sample_params`` draws with albumentations 2.x's distributions (measured conventions in
+../shared/notes/parity-facts.md):
+- flip, shift-scale-rotate and dropout each applied with their own probability;
+- angle ~ U(-r, r) degrees; scale x and y drawn separately from U(1 - c, 1 + c);
+- shifts ``int(U(-s, s) * size)``: whole pixels, truncated toward 0, x and y separately;
+- each hole's top-left uniform on {0..H-h} x {0..W-w} (never partly outside).
+
+``forward_matrix`` is albumentations' Affine matrix M = C(c) T(tx, ty) R S C(-c) with c the pixel
+centre (W/2 - 0.5, H/2 - 0.5) and R = [[cos, sin], [-sin, cos]]; OpenCV warps with its inverse.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from pipeline.policy import AugmentPolicy
+
+
+@dataclass
+class Params:
+    flip: torch.Tensor      # (n,) bool
+    ssr: torch.Tensor       # (n,) bool: shift-scale-rotate applied
+    angle: torch.Tensor     # (n,) float32, degrees
+    scale_x: torch.Tensor   # (n,) float32
+    scale_y: torch.Tensor   # (n,) float32
+    shift_x: torch.Tensor   # (n,) int64 pixels
+    shift_y: torch.Tensor   # (n,) int64 pixels
+    dropout: torch.Tensor   # (n,) bool
+    hole_y: torch.Tensor    # (n, holes) int64, top-left row
+    hole_x: torch.Tensor    # (n, holes) int64, top-left column
+
+    def __len__(self) -> int:
+        return len(self.flip)
+
+    def to(self, device) -> "Params":
+        return Params(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def select(self, idx) -> "Params":
+        return Params(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        return {f.name: getattr(self, f.name).cpu().numpy() for f in fields(self)}
+
+
+def sample_params(n: int, policy: AugmentPolicy, generator: torch.Generator | None = None,
+                  device=None) -> Params:
+    """Draw ``n`` samples' parameters on ``device`` (default: the generator's device)."""
+    device = torch.device(device or (generator.device if generator is not None else "cpu"))
+    size = policy.image_size
+    s, d = policy.ssr, policy.dropout
+
+    def u(lo, hi, shape=(n,)):
+        return torch.rand(shape, generator=generator, device=device) * (hi - lo) + lo
+
+    flip = torch.rand(n, generator=generator, device=device) < policy.flip.p
+    ssr = torch.rand(n, generator=generator, device=device) < s.p
+    angle = u(-s.rotate_limit, s.rotate_limit)
+    scale_x = u(1 - s.scale_limit, 1 + s.scale_limit)
+    scale_y = u(1 - s.scale_limit, 1 + s.scale_limit)
+    shift_x = torch.trunc(u(-s.shift_limit, s.shift_limit) * size).long()
+    shift_y = torch.trunc(u(-s.shift_limit, s.shift_limit) * size).long()
+    dropout = torch.rand(n, generator=generator, device=device) < d.p
+    holes = (n, d.num_holes)
+    hole_y = torch.randint(0, size - d.hole_height + 1, holes, generator=generator, device=device)
+    hole_x = torch.randint(0, size - d.hole_width + 1, holes, generator=generator, device=device)
+    return Params(flip, ssr, angle, scale_x, scale_y, shift_x, shift_y, dropout, hole_y, hole_x)
+
+
+def forward_matrix(params: Params, size: int = 32) -> torch.Tensor:
+    """(n, 3, 3) float64: albumentations' Affine matrix, pixel coordinates, input -> output."""
+    n = len(params)
+    dev = params.angle.device
+    rad = torch.deg2rad(params.angle.double() % 360)
+    cos, sin = torch.cos(rad), torch.sin(rad)
+    sx, sy = params.scale_x.double(), params.scale_y.double()
+    a = torch.stack([torch.stack([cos * sx, sin * sy], -1), torch.stack([-sin * sx, cos * sy], -1)], -2)
+    c = torch.full((n, 2, 1), size / 2 - 0.5, dtype=torch.float64, device=dev)
+    t = torch.stack([params.shift_x, params.shift_y], -1).double().unsqueeze(-1)
+    m = torch.zeros(n, 3, 3, dtype=torch.float64, device=dev)
+    m[:, :2, :2] = a
+    m[:, :2, 2:] = c + t - a @ c
+    m[:, 2, 2] = 1
+    return m
+
+
+def grid_sample_theta(params: Params, size: int = 32) -> torch.Tensor:
+    """(n, 2, 3) float32 theta for ``affine_grid(..., align_corners=False)`` that samples the input where
+    OpenCV's warpAffine with the forward matrix would: N · M^-1 · N^-1, with N the pixel -> normalized map."""
+    minv = torch.linalg.inv(forward_matrix(params, size))
+    norm = torch.tensor([[2 / size, 0, 1 / size - 1], [0, 2 / size, 1 / size - 1], [0, 0, 1]],
+                        dtype=torch.float64, device=minv.device)
+    return (norm @ minv @ torch.linalg.inv(norm))[:, :2].float()
+
+
+def ssr_fill(policy: AugmentPolicy) -> tuple[float, float, float]:
+    """The border value of the warp: OpenCV turns the float mean into the image's type first (uint8,
+    rounded half-to-even), and interpolates between pixels and that whole value."""
+    return tuple(float(v) for v in np.round(np.asarray(policy.fill, dtype=np.float64)))
+
+
+def dropout_fill(policy: AugmentPolicy) -> tuple[int, int, int]:
+    """The hole value: albumentations converts the fill with ``np.array(fill, dtype=uint8)``, which truncates."""
+    return tuple(int(math.trunc(v)) for v in policy.fill)
+
+
+def hole_boxes(params: Params, policy: AugmentPolicy) -> np.ndarray:
+    """(n, holes, 4) [x1, y1, x2, y2] half-open, as albumentations' CoarseDropout holds them."""
+    y, x = params.hole_y.cpu().numpy(), params.hole_x.cpu().numpy()
+    return np.stack([x, y, x + policy.dropout.hole_width, y + policy.dropout.hole_height], -1)

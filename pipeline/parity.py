@@ -1,0 +1,306 @@
+"""The parity harness every engine is judged by, against the albumentations 2.x reference.
+
+Pixel parity (engines that can **replay** parameters, ``module.replay``): the same per-sample
+parameters go through the engine and through albumentations' own transforms (their ``apply`` with
+fixed parameters) on real images; flip and dropout must be exact, shift-scale-rotate within 1 grey
+level with under 0.1% of values differing.
+
+Statistical parity (engines that draw their own random numbers): over an epoch, the rate of each
+transform, the distributions of angle, scale, shift and hole position (two-sample KS tests against
+albumentations' own sampled parameters, for engines exposing ``module.sampled_params``), the share
+of mean-filled pixels and the mean augmented image, each within a stated tolerance of the reference.
+
+    python -m pipeline.parity --loader gpu --data-dir DIR [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline import albu
+from pipeline.params import Params, dropout_fill, forward_matrix, hole_boxes, sample_params
+from pipeline.policy import AugmentPolicy
+
+SSR_MAX_DIFF = 1            # grey levels
+SSR_MAX_SHARE = 1e-3        # of values that may differ
+KS_MIN_P = 1e-3
+RATE_SIGMAS = 4.0           # binomial standard deviations allowed around the policy's p
+FILL_SHARE_TOL = 0.01       # absolute, share of pixels equal to the hole fill
+MEAN_IMAGE_RMS_TOL = 1.5    # grey levels, RMS over pixels of the per-pixel mean difference
+MEAN_CHANNEL_TOL = 1.0      # grey levels, per-channel mean difference
+
+
+@dataclass
+class Check:
+    group: str
+    name: str
+    passed: bool
+    figures: str
+
+    def row(self) -> str:
+        return f"  {'PASS' if self.passed else 'FAIL'}  {self.name:<34} {self.figures}"
+
+
+def engine_module(name: str):
+    import pipeline
+    from pipeline import LoaderUnavailable
+    if name not in pipeline._ENGINES:
+        raise LoaderUnavailable(f"unknown loader {name!r}: choose one of {', '.join(pipeline._ENGINES)}.")
+    missing = pipeline._missing(pipeline._ENGINES[name])
+    if missing:
+        raise LoaderUnavailable(f"the {name!r} loader needs {', '.join(missing)}: {pipeline._ENGINES[name].install}")
+    return importlib.import_module(pipeline._ENGINES[name].module)
+
+
+# ---------------------------------------------------------------------------------------------
+# pixel parity
+# ---------------------------------------------------------------------------------------------
+
+def reference_replay(images: np.ndarray, params: Params, policy: AugmentPolicy) -> np.ndarray:
+    """albumentations' transforms, in the policy's order, with the given parameters."""
+    flip, affine, dropout = albu.flip(policy), albu.affine(policy), albu.dropout(policy)
+    m = forward_matrix(params, policy.image_size).cpu().numpy()
+    boxes = hole_boxes(params, policy)
+    p = params.numpy()
+    out = np.empty_like(images)
+    size = (policy.image_size, policy.image_size)
+    for i, img in enumerate(images):
+        if p["flip"][i]:
+            img = flip.apply(img)
+        if p["ssr"][i]:
+            img = affine.apply(img, matrix=m[i], output_shape=size)
+        if p["dropout"][i]:
+            img = dropout.apply(img, holes=boxes[i], seed=0)
+        out[i] = img
+    return out
+
+
+def compare(ref: np.ndarray, out: np.ndarray) -> dict:
+    diff = np.abs(ref.astype(np.int16) - out.astype(np.int16))
+    mse = float(np.mean(diff.astype(np.float64) ** 2))
+    return {"max_diff": int(diff.max()), "share": float((diff > 0).mean()),
+            "psnr": math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)}
+
+
+def _only(params: Params, which: str) -> Params:
+    """The same parameters with only ``which`` applied, to every sample."""
+    on, off = torch.ones_like(params.flip), torch.zeros_like(params.flip)
+    return replace(params, flip=on if which == "flip" else off, ssr=on if which == "ssr" else off,
+                   dropout=on if which == "dropout" else off)
+
+
+def replay_parity(engine: str, images: np.ndarray, policy: AugmentPolicy, seed: int = 0, device="cpu"):
+    """Returns (checks, (reference, engine output) of the whole policy) on uint8 NHWC ``images``."""
+    module = engine_module(engine)
+    if not hasattr(module, "replay"):
+        return [Check("pixel", f"{engine} cannot replay parameters", True, "pixel parity not applicable")], None
+    params = sample_params(len(images), policy, torch.Generator().manual_seed(seed))
+    batch = torch.from_numpy(np.array(images)).to(device)
+    checks, full = [], None
+    for which in ("flip", "ssr", "dropout", "policy"):
+        p = params if which == "policy" else _only(params, which)
+        ref = reference_replay(images, p, policy)
+        out = module.replay(batch, p, policy).cpu().numpy()
+        c = compare(ref, out)
+        if which in ("flip", "dropout"):
+            passed, rule = c["max_diff"] == 0, "exact"
+        else:
+            passed = c["max_diff"] <= SSR_MAX_DIFF and c["share"] < SSR_MAX_SHARE
+            rule = f"<= {SSR_MAX_DIFF} level, < {100 * SSR_MAX_SHARE:g}% differ"
+        name = {"flip": "HorizontalFlip", "ssr": "ShiftScaleRotate", "dropout": "CoarseDropout",
+                "policy": "whole policy (p as drawn)"}[which]
+        checks.append(Check("pixel", name, passed,
+                            f"max diff {c['max_diff']}, {100 * c['share']:.4f}% differ, PSNR {c['psnr']:.1f} dB "
+                            f"({rule}, {len(images)} images)"))
+        if which == "policy":
+            full = (ref, out)
+    return checks, full
+
+
+# ---------------------------------------------------------------------------------------------
+# statistical parity
+# ---------------------------------------------------------------------------------------------
+
+def albumentations_params(images: np.ndarray, policy: AugmentPolicy, seed: int) -> dict[str, np.ndarray]:
+    """The parameters albumentations itself draws over ``images`` (one Compose, saved applied params)."""
+    compose = albu.build_compose(policy, seed=seed, save_applied_params=True)
+    c = policy.image_size / 2 - 0.5
+    rec = {k: [] for k in ("flip", "ssr", "dropout", "angle", "scale_x", "scale_y", "shift_x", "shift_y",
+                           "hole_x", "hole_y")}
+    for img in images:
+        applied = dict(compose(image=img)["applied_transforms"])
+        rec["flip"].append("HorizontalFlip" in applied)
+        rec["ssr"].append("Affine" in applied)
+        rec["dropout"].append("CoarseDropout" in applied)
+        if "Affine" in applied:
+            a = applied["Affine"]
+            m = np.asarray(a["matrix"])
+            t = m[:2, 2] - c + m[:2, :2] @ np.array([c, c])   # M = C T A C^-1  ->  t
+            rec["angle"].append(a["rotate"])
+            rec["scale_x"].append(a["scale"]["x"])
+            rec["scale_y"].append(a["scale"]["y"])
+            rec["shift_x"].append(round(t[0]))
+            rec["shift_y"].append(round(t[1]))
+        if "CoarseDropout" in applied:
+            for x1, y1, _, _ in np.asarray(applied["CoarseDropout"]["holes"]):
+                rec["hole_x"].append(x1)
+                rec["hole_y"].append(y1)
+    return {k: np.asarray(v) for k, v in rec.items()}
+
+
+def _rate_check(name, rate, ref_rate, p, n):
+    tol = RATE_SIGMAS * math.sqrt(max(p * (1 - p), 1e-12) / n)
+    return Check("statistical", f"{name} rate", abs(rate - p) <= tol and abs(ref_rate - p) <= tol,
+                 f"engine {rate:.4f}, albumentations {ref_rate:.4f}, policy {p} (± {tol:.4f}, n={n})")
+
+
+def _epoch(loader) -> tuple[np.ndarray, np.ndarray]:
+    xs, idx = [], []
+    for x, _, i in loader:
+        xs.append(x.permute(0, 2, 3, 1).cpu().numpy())
+        idx.append(i.cpu().numpy())
+    return np.concatenate(xs), np.concatenate(idx)
+
+
+def statistical_parity(engine: str, data_dir, policy: AugmentPolicy, seed: int = 0, device="cpu",
+                       batch_size: int = 512):
+    from scipy.stats import ks_2samp
+
+    from pipeline import build_loader
+    from pipeline.format import load_split
+
+    module = engine_module(engine)
+    split, _ = load_split(data_dir, "train")
+    source = np.asarray(split.images)
+    n = len(source)
+    ref_p = albumentations_params(source, policy, seed + 1)
+    checks = []
+
+    def run(name, pol, s=seed):
+        loader = build_loader(name, data_dir, "train", batch_size, device=device, seed=s, normalize=False,
+                              return_index=True, policy=pol)
+        return _epoch(loader)
+
+    off = policy.without_augmentation()
+    # rates, measured on the engine's output with one transform at a time
+    out, idx = run(engine, replace(off, flip=policy.flip))
+    src = source[idx]
+    same = np.all(out == src, axis=(1, 2, 3))
+    mirrored = np.all(out == src[:, :, ::-1], axis=(1, 2, 3))
+    sym = same & mirrored
+    checks.append(Check("statistical", "flip output is source or mirror", bool(np.all(same | mirrored)),
+                        f"{int((~(same | mirrored)).sum())} other images"))
+    checks.append(_rate_check("HorizontalFlip", float(mirrored[~sym].mean()), float(ref_p["flip"].mean()),
+                              policy.flip.p, int((~sym).sum())))
+    out, idx = run(engine, replace(off, ssr=policy.ssr))
+    changed = np.any(out != source[idx], axis=(1, 2, 3))
+    checks.append(_rate_check("ShiftScaleRotate", float(changed.mean()), float(ref_p["ssr"].mean()), policy.ssr.p, n))
+    out, idx = run(engine, replace(off, dropout=policy.dropout))
+    changed = np.any(out != source[idx], axis=(1, 2, 3))
+    checks.append(_rate_check("CoarseDropout", float(changed.mean()), float(ref_p["dropout"].mean()),
+                              policy.dropout.p, n))
+
+    # parameter distributions, where the engine exposes what it draws
+    if hasattr(module, "sampled_params"):
+        ours = module.sampled_params(n, policy, seed, device).numpy()
+        for key in ("angle", "scale_x", "scale_y", "shift_x", "shift_y", "hole_x", "hole_y"):
+            flag = "dropout" if key.startswith("hole") else "ssr"
+            mine = ours[key][ours[flag]].ravel()
+            ks = ks_2samp(mine, ref_p[key])
+            checks.append(Check("statistical", f"{key} distribution (KS)", ks.pvalue > KS_MIN_P,
+                                f"D {ks.statistic:.4f}, p {ks.pvalue:.3g} (> {KS_MIN_P:g}); engine "
+                                f"{mine.min():.3g}..{mine.max():.3g}, albumentations {ref_p[key].min():.3g}.."
+                                f"{ref_p[key].max():.3g}"))
+    else:
+        checks.append(Check("statistical", "parameter distributions (KS)", True,
+                            f"not applicable: {engine} does not expose its sampled parameters"))
+
+    # the whole policy: share of hole-filled pixels and the mean augmented image
+    eng, _ = run(engine, policy)
+    ref, _ = run("torch", policy, seed + 1)
+    fill = np.array(dropout_fill(policy), np.uint8)
+    share_e = float(np.all(eng == fill, axis=-1).mean())
+    share_r = float(np.all(ref == fill, axis=-1).mean())
+    checks.append(Check("statistical", "share of mean-filled pixels", abs(share_e - share_r) <= FILL_SHARE_TOL,
+                        f"engine {share_e:.4f}, albumentations {share_r:.4f} (± {FILL_SHARE_TOL})"))
+    mean_e, mean_r = eng.astype(np.float64).mean(0), ref.astype(np.float64).mean(0)
+    rms = float(np.sqrt(np.mean((mean_e - mean_r) ** 2)))
+    ch = np.abs(mean_e.mean((0, 1)) - mean_r.mean((0, 1)))
+    checks.append(Check("statistical", "mean augmented image",
+                        rms <= MEAN_IMAGE_RMS_TOL and float(ch.max()) <= MEAN_CHANNEL_TOL,
+                        f"RMS diff {rms:.3f} (<= {MEAN_IMAGE_RMS_TOL}), channel means differ by "
+                        f"{', '.join(f'{v:.3f}' for v in ch)} (<= {MEAN_CHANNEL_TOL})"))
+    return checks
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------------
+
+def save_comparison(path, images, ref, out, count=8, amplify=32):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    count = min(count, len(ref))
+    fig, axes = plt.subplots(count, 4, figsize=(6.4, 1.6 * count), squeeze=False)
+    for k in range(count):
+        diff = np.clip(np.abs(ref[k].astype(int) - out[k].astype(int)) * amplify, 0, 255).astype(np.uint8)
+        for j, (img, title) in enumerate(((images[k], "source"), (ref[k], "albumentations"), (out[k], "engine"),
+                                          (diff, f"|diff| x{amplify}"))):
+            axes[k][j].imshow(img, interpolation="nearest")
+            axes[k][j].axis("off")
+            if k == 0:
+                axes[k][j].set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    from pipeline import LoaderUnavailable, known_loaders
+    from pipeline.format import DataError, load_split
+
+    ap = argparse.ArgumentParser(prog="python -m pipeline.parity",
+                                 description="Check an engine against the albumentations reference: pixel parity "
+                                             "with replayed parameters (where the engine can replay them) and "
+                                             "statistical parity over an epoch. Exit code 1 on any failure.")
+    ap.add_argument("--loader", required=True, help=f"engine: {', '.join(known_loaders())}")
+    ap.add_argument("--data-dir", default="data/cifar10", help="converted data (cifar10-mini is plenty)")
+    ap.add_argument("--out", default=None, help="folder for parity-<loader>.png (default: no picture)")
+    ap.add_argument("--images", type=int, default=2000, help="images for pixel parity (default 2000)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    try:
+        split, meta = load_split(args.data_dir, "train")
+        policy = AugmentPolicy.from_meta(meta)
+        images = np.asarray(split.images[:args.images])
+        pixel, full = replay_parity(args.loader, images, policy, args.seed, args.device)
+        stats = statistical_parity(args.loader, args.data_dir, policy, args.seed, args.device)
+    except (DataError, LoaderUnavailable, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    ok = True
+    for title, checks in (("pixel parity (replayed parameters)", pixel), ("statistical parity (one epoch)", stats)):
+        print(f"{args.loader}: {title}")
+        for c in checks:
+            print(c.row())
+            ok &= c.passed
+    if args.out and full is not None:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        path = Path(args.out) / f"parity-{args.loader}.png"
+        save_comparison(path, images, *full)
+        print(f"wrote {path}")
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The `gpu` engine: registry contract, sampler properties, parity with albumentations (CPU here, CUDA where present)."""
+import numpy as np
+import pytest
+import torch
+from albumentations.augmentations.geometric import functional as fgeometric
+
+from pipeline import available_loaders, build_loader
+from pipeline.format import load_split
+from pipeline.params import forward_matrix, sample_params
+from pipeline.parity import replay_parity, statistical_parity
+from pipeline.policy import AugmentPolicy
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                reason="no CUDA GPU on this machine"))]
+
+
+@pytest.fixture(scope="module")
+def policy(mini_dir):
+    _, meta = load_split(mini_dir, "train")
+    return AugmentPolicy.from_meta(meta)
+
+
+def epoch(loader):
+    xs, ys, idx = zip(*list(loader))
+    return torch.cat(xs), torch.cat(ys), torch.cat(idx)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_contract(mini_dir, device):
+    assert "gpu" in available_loaders()
+    split, _ = load_split(mini_dir, "train")
+    loader = build_loader("gpu", mini_dir, "train", 500, device=device, return_index=True)
+    assert len(loader) == -(-len(split.labels) // 500)
+    x, y, i = epoch(loader)
+    assert x.dtype == torch.float32 and x.shape == (len(split.labels), 3, 32, 32) and x.device.type == device
+    assert all(b[0].is_contiguous(memory_format=torch.channels_last) for b in loader)
+    assert sorted(i.tolist()) == list(range(len(split.labels)))
+    np.testing.assert_array_equal(y.cpu().numpy(), split.labels[i.cpu().numpy()])
+    raw, _, ri = epoch(build_loader("gpu", mini_dir, "train", 500, device=device, augment=False,
+                                    normalize=False, return_index=True))
+    assert raw.dtype == torch.uint8
+    np.testing.assert_array_equal(raw.permute(0, 2, 3, 1).cpu().numpy(), split.images[ri.cpu().numpy()])
+    x2, y2 = next(iter(build_loader("gpu", mini_dir, "test", 64, device=device, augment=False)))
+    assert len(x2) == 64 and x2.dtype == torch.float32
+
+
+def test_same_seed_same_epoch_and_epochs_advance(mini_dir):
+    a = build_loader("gpu", mini_dir, "train", 256, seed=5, normalize=False, return_index=True)
+    b = build_loader("gpu", mini_dir, "train", 256, seed=5, normalize=False, return_index=True)
+    ea, eb = epoch(a), epoch(b)
+    assert all(torch.equal(u, v) for u, v in zip(ea, eb))
+    nxt = epoch(a)
+    assert not torch.equal(ea[2], nxt[2]) and not torch.equal(ea[0], nxt[0])
+    a.set_epoch(0)
+    assert all(torch.equal(u, v) for u, v in zip(ea, epoch(a)))
+
+
+def test_shards_split_an_epoch_without_overlap(mini_dir):
+    seen = []
+    for rank in range(2):
+        loader = build_loader("gpu", mini_dir, "train", 300, seed=1, shard=(rank, 2), return_index=True)
+        seen.append(epoch(loader)[2])
+    assert set(seen[0].tolist()).isdisjoint(seen[1].tolist())
+    assert sorted(torch.cat(seen).tolist()) == list(range(len(load_split(mini_dir, "train")[0].labels)))
+
+
+def test_sampler_properties(policy):
+    p = sample_params(20000, policy, torch.Generator().manual_seed(0))
+    for flag, prob in ((p.flip, policy.flip.p), (p.ssr, policy.ssr.p), (p.dropout, policy.dropout.p)):
+        assert abs(flag.float().mean().item() - prob) < 0.02
+    assert p.angle.abs().max() <= policy.ssr.rotate_limit and p.angle.abs().max() > 14.9
+    for s in (p.scale_x, p.scale_y):
+        assert 0.9 <= s.min() and s.max() <= 1.1
+    assert not torch.equal(p.scale_x, p.scale_y), "x and y scales are drawn separately"
+    assert p.shift_x.dtype == torch.int64 and set(p.shift_x.unique().tolist()) == set(range(-3, 4))
+    # truncation toward zero: 0 is about twice as likely as +1 (U(-3.2, 3.2) -> int)
+    counts = torch.bincount(p.shift_x + 3)
+    assert 1.6 < counts[3] / counts[4] < 2.4
+    assert set(p.hole_y.unique().tolist()) == set(range(0, 17)) == set(p.hole_x.unique().tolist())
+
+
+def test_matrix_is_albumentations_own(policy):
+    p = sample_params(300, policy, torch.Generator().manual_seed(3))
+    m = forward_matrix(p).numpy()
+    for i in range(300):
+        ref = fgeometric.create_affine_transformation_matrix(
+            {"x": int(p.shift_x[i]), "y": int(p.shift_y[i])}, {"x": 0.0, "y": 0.0},
+            {"x": float(p.scale_x[i]), "y": float(p.scale_y[i])}, float(p.angle[i]), fgeometric.center((32, 32)))
+        np.testing.assert_allclose(m[i], ref, atol=1e-9)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_pixel_parity(mini_dir, policy, device):
+    split, _ = load_split(mini_dir, "train")
+    checks, _ = replay_parity("gpu", np.asarray(split.images[:1500]), policy, seed=11, device=device)
+    assert len(checks) == 4
+    failed = [c.row() for c in checks if not c.passed]
+    assert not failed, failed
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_statistical_parity(mini_dir, policy, device):
+    checks = statistical_parity("gpu", mini_dir, policy, seed=2, device=device)
+    names = {c.name for c in checks}
+    assert {"HorizontalFlip rate", "angle distribution (KS)", "share of mean-filled pixels",
+            "mean augmented image"} <= names
+    failed = [c.row() for c in checks if not c.passed]
+    assert not failed, failed
+
+
+def test_compiled_apply_matches_eager(mini_dir):
+    eager = build_loader("gpu", mini_dir, "train", 1024, seed=4, normalize=False)
+    compiled = build_loader("gpu", mini_dir, "train", 1024, seed=4, normalize=False, compile=True)
+    for (a, _), (b, _) in zip(eager, compiled):
+        assert a.dtype == b.dtype == torch.uint8
+        diff = (a.int() - b.int()).abs()
+        assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3
