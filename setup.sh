@@ -18,6 +18,6 @@ echo "setup: creating .venv and installing cifarflow (first run takes a few minu
 .venv/bin/python -m pip install --quiet --upgrade pip
 # torch first, pinned: this machine's pip takes these two builds from local disk
 .venv/bin/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+.venv/bin/python -m pip install --quiet -e ".[dev,dali]"
 echo "$want" > "$STAMP"
 echo "setup: done (.venv)" >&2

@@ -34,6 +34,8 @@ _ENGINES: dict[str, _Engine] = {
                      "albumentations on CPU DataLoader workers (the reference and the baseline)"),
     "gpu": _Engine("pipeline.engines.gpu", (), "pip install torch",
                    "batched PyTorch ops on a device-resident dataset, per-sample random parameters"),
+    "dali": _Engine("pipeline.engines.dali", ("nvidia.dali",), "pip install -e '.[dali]' (nvidia-dali-cuda120)",
+                    "NVIDIA DALI ops (GPU, or DALI's CPU operators without one)"),
 }
 
 
@@ -51,6 +53,15 @@ def _missing(engine: _Engine) -> list[str]:
         except (ImportError, ValueError):
             out.append(mod)
     return out
+
+
+def _distributed_shard() -> tuple[int, int]:
+    """(rank, world size) under an initialized torch.distributed, else (0, 1): each rank then sees a
+    disjoint shard of every epoch."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def available_loaders() -> list[str]:
@@ -88,6 +99,8 @@ def build_loader(name: str, data_dir, split: str, batch_size: int, *, device="cp
         policy = AugmentPolicy.from_meta(meta)
     elif not isinstance(policy, AugmentPolicy):
         raise TypeError("policy must be a pipeline.policy.AugmentPolicy.")
+    if "shard" not in options:
+        options["shard"] = _distributed_shard()
     module = importlib.import_module(engine.module)
     return module.build(data_dir, split, batch_size, device=resolve_device(device), policy=policy,
                         augment=augment, seed=int(seed), normalize=normalize, return_index=return_index,
