@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from model import ARCHS, build_model, count_parameters, receptive_field
+from model import training
 from model.checkpoint import CheckpointError, load, model_from_checkpoint, save_atomic
+from model.training import Stepper, precision
 from pipeline import LoaderUnavailable, build_loader, known_loaders
 from pipeline.format import DataError, read_meta
 from pipeline.policy import AugmentPolicy
@@ -110,28 +112,6 @@ def parse_args(argv=None):
 # set-up helpers
 # ---------------------------------------------------------------------------------------------
 
-def cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
-
-
-def precision(device: torch.device, amp: str) -> tuple[torch.dtype | None, str]:
-    """(autocast dtype or None, a sentence saying what runs and why)."""
-    if amp == "off":
-        return None, "fp32 (--amp off)"
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return torch.bfloat16, "bf16 autocast on CUDA"
-        return torch.float16, "fp16 autocast with a GradScaler on CUDA"
-    if amp == "on" or cpu_has_native_bf16():
-        return torch.bfloat16, "bf16 autocast on the CPU" + ("" if cpu_has_native_bf16() else
-                                                             " (forced: no native bf16, expect it to be slower)")
-    return None, "fp32: this CPU has no native bf16 (avx512_bf16/AMX), where bf16 autocast is slower; --amp on forces it"
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (1 << 32))
@@ -157,11 +137,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def make_optimizer(net, args):
-    decay = [p for p in net.parameters() if p.ndim > 1]
-    no_decay = [p for p in net.parameters() if p.ndim <= 1]
-    return torch.optim.SGD([{"params": decay, "weight_decay": args.weight_decay},
-                            {"params": no_decay, "weight_decay": 0.0}],
-                           lr=args.lr, momentum=args.momentum, nesterov=args.nesterov)
+    return training.make_optimizer(net, args.lr, args.momentum, args.nesterov, args.weight_decay)
 
 
 def make_scheduler(opt, args, steps_per_epoch):
@@ -198,9 +174,10 @@ def evaluate(net, loader, device, amp_dtype) -> tuple[float, float]:
     return loss_sum / n, correct / n
 
 
-def train_one_epoch(net, loader, opt, sched, per_batch, scaler, device, amp_dtype, smoothing, epoch, epochs):
+def train_one_epoch(step: Stepper, loader, sched, per_batch, epoch, epochs):
     from tqdm import tqdm
-    net.train()
+    step.net.train()
+    device = step.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     n = 0
@@ -208,20 +185,14 @@ def train_one_epoch(net, loader, opt, sched, per_batch, scaler, device, amp_dtyp
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False, mininterval=1.0,
                dynamic_ncols=True)
     with bar:
-        for x, y in bar:
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                out = net(x)
-                loss = F.cross_entropy(out.float(), y, label_smoothing=smoothing)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+        for b, (x, y) in enumerate(bar):
+            loss, out = step(x, y)
             if per_batch:
                 sched.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (out.detach().argmax(1) == y).sum()
+            loss_sum += loss * len(y)
+            correct += (out.argmax(1) == y).sum()
             n += len(y)
-            if (n // len(y)) % 10 == 1:
+            if b % 10 == 0:
                 bar.set_postfix(loss=f"{loss_sum.item() / n:.3f}", img_s=f"{n / (time.perf_counter() - start):.0f}")
     if not per_batch:
         sched.step()
@@ -287,7 +258,6 @@ def run(args) -> dict:
         net = net.to(memory_format=torch.channels_last)
     opt = make_optimizer(net, args)
     sched, per_batch = make_scheduler(opt, args, len(train_loader))
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     metrics, start_epoch = [], 0
 
     if args.resume:
@@ -300,12 +270,15 @@ def run(args) -> dict:
         net.load_state_dict(model_from_checkpoint(ckpt, ckpt_path, args.arch).state_dict())
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
+        scaler_state = ckpt["scaler"]
         set_rng_state(ckpt["rng"])
         metrics, start_epoch = list(ckpt["metrics"]), ckpt["epoch"]
         print(f"resuming {out} after epoch {start_epoch}")
 
     compiled = torch.compile(net) if args.compile else net
+    step = Stepper(compiled, opt, device, amp_dtype, args.label_smoothing)
+    if args.resume:
+        step.scaler.load_state_dict(scaler_state)
     out.mkdir(parents=True, exist_ok=True)
     config = {"args": vars(args), "policy": policy.to_dict(), "data": {k: meta[k] for k in
               ("classes", "counts", "mean", "std", "source")}, "precision": amp_note, "device": str(device),
@@ -323,9 +296,8 @@ def run(args) -> dict:
         for epoch in range(start_epoch, args.epochs):
             train_loader.set_epoch(epoch)
             lr = opt.param_groups[0]["lr"]
-            tr_loss, tr_acc, seconds, img_s = train_one_epoch(
-                compiled, train_loader, opt, sched, per_batch, scaler, device, amp_dtype,
-                args.label_smoothing, epoch, args.epochs)
+            tr_loss, tr_acc, seconds, img_s = train_one_epoch(step, train_loader, sched, per_batch, epoch,
+                                                              args.epochs)
             te_loss, te_acc = evaluate(compiled, test_loader, device, amp_dtype)
             m = {"epoch": epoch + 1, "train_loss": tr_loss, "train_acc": tr_acc, "test_loss": te_loss,
                  "test_acc": te_acc, "epoch_time_s": seconds, "img_per_s": img_s, "lr": lr}
@@ -339,7 +311,7 @@ def run(args) -> dict:
             tb.flush()
             save_atomic({"model": net.state_dict(), "arch": args.arch, "num_classes": len(meta["classes"]),
                          "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                         "scaler": scaler.state_dict(), "rng": rng_state(), "epoch": epoch + 1,
+                         "scaler": step.scaler.state_dict(), "rng": rng_state(), "epoch": epoch + 1,
                          "metrics": metrics, "config": config}, ckpt_path)
             write_json(metrics, out / "metrics.json")
             plot_history(metrics, out / "history.png")

@@ -76,21 +76,21 @@ def test_a_killed_run_resumes_to_the_same_weights(mini_dir, tmp_path):
 
 def test_cpu_amp_path_runs():
     import train
-    dtype, note = train.precision(torch.device("cpu"), "on")
-    assert dtype == torch.bfloat16 and "bf16" in note
-    assert train.precision(torch.device("cpu"), "off")[0] is None
     from model import build_model
+    from model.training import Stepper, precision
+    dtype, note = precision(torch.device("cpu"), "on")
+    assert dtype == torch.bfloat16 and "bf16" in note
+    assert precision(torch.device("cpu"), "off")[0] is None
     net = build_model().to(memory_format=torch.channels_last)
     args = train.parse_args(["--epochs", "1"])
     opt = train.make_optimizer(net, args)
     sched, per_batch = train.make_scheduler(opt, args, 3)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    step = Stepper(net, opt, torch.device("cpu"), dtype, 0.1)
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randn(16, 3, 32, 32, generator=g).to(memory_format=torch.channels_last),
                 torch.randint(0, 10, (16,), generator=g)) for _ in range(3)]
     before = [p.detach().clone() for p in net.parameters()]
-    loss, acc, seconds, img_s = train.train_one_epoch(net, batches, opt, sched, per_batch, scaler,
-                                                      torch.device("cpu"), dtype, 0.1, 0, 1)
+    loss, acc, seconds, img_s = train.train_one_epoch(step, batches, sched, per_batch, 0, 1)
     assert math.isfinite(loss) and 0 <= acc <= 1 and img_s > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
     val_loss, val_acc = train.evaluate(net, batches, torch.device("cpu"), dtype)

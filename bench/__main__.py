@@ -1,0 +1,164 @@
+"""Measure every loader engine side by side in one run, against the model-only bound.
+
+    python -m bench --loaders all --data-dir DIR [--quick] [--profile] [--out bench/results]
+
+Writes bench/results/<date>-<device>.json and .md, three PNG charts, and prints a table. Each engine
+runs in its own worker process (python -m bench.measure), so its memory figures are its own.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def device_name(device: str) -> tuple[str, str]:
+    """(description, file-name slug)."""
+    import torch
+    if device == "cuda":
+        name = torch.cuda.get_device_name(0)
+        return f"{name} (CUDA)", re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = os.cpu_count()
+    return f"CPU: {cpu}, {cores} cores", f"cpu-{cores}core"
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+    out = {"python": platform.python_version()}
+    for dist in ("torch", "torchvision", "numpy", "albumentations", "opencv-python-headless", "nvidia-dali-cuda120",
+                 "ffcv", "numba"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def run_worker(args: list[str], label: str) -> dict:
+    cmd = [sys.executable, "-m", "bench.measure", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"{label} failed: {tail}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    from pipeline import available_loaders, known_loaders
+    from pipeline.format import DataError, read_meta
+    from pipeline.policy import AugmentPolicy
+
+    ap = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Loader-only throughput of every engine, the model-only bound, end-to-end epoch time and its "
+                    "ratio to the bound, the effect of channels-last/AMP/compile, batch-size scaling, peak memory; "
+                    "JSON + markdown + PNG report.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--loaders", default="all", help="'all' or a comma-separated list of engines")
+    ap.add_argument("--data-dir", required=True, help="converted data (cifar10-mini for --quick)")
+    ap.add_argument("--quick", action="store_true",
+                    help="a small version (one repeat, two batch sizes, end-to-end on a few batches, no compile)")
+    ap.add_argument("--profile", action="store_true",
+                    help="record torch.profiler traces of end-to-end steps (tensorboard --logdir OUT/traces)")
+    ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ap.add_argument("--batch-size", type=int, default=None, help="default 512 (256 with --quick)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed loader-only epochs per engine")
+    args = ap.parse_args(argv)
+    if args.batch_size is None:
+        args.batch_size = 256 if args.quick else 512
+    if args.batch_size < 1 or args.repeats < 1:
+        ap.error("--batch-size and --repeats must be positive")
+
+    import torch
+    device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda, but this machine has no CUDA GPU.", file=sys.stderr)
+        return 2
+    try:
+        meta = read_meta(args.data_dir)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    known = list(known_loaders())
+    names = known if args.loaders == "all" else [n.strip() for n in args.loaders.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        print(f"error: unknown loader {unknown[0]!r}: choose from {', '.join(known)} or 'all'.", file=sys.stderr)
+        return 2
+    if "torch" not in names and "torch" in available_loaders():
+        names.insert(0, "torch")                       # the baseline every ratio needs
+
+    desc, slug = device_name(device)
+    repeats = 1 if args.quick else args.repeats
+    scaling = "128,512" if args.quick else "128,256,512,1024,2048"
+    out_dir = Path(args.out)
+    common = ["--data-dir", str(args.data_dir), "--device", device, "--batch-size", str(args.batch_size)]
+
+    from model import build_model, count_parameters
+    from model.training import precision
+    result = {
+        "date": dt.datetime.now().isoformat(timespec="seconds"), "device": desc, "device_kind": device,
+        "versions": versions(), "policy": AugmentPolicy.from_meta(meta).to_dict(),
+        "data": {"dir": str(args.data_dir), "train": meta["counts"]["train"], "source": meta["source"]},
+        "settings": {"batch_size": args.batch_size, "repeats": repeats, "quick": args.quick, "scaling": scaling,
+                     "model": "c1c2c3c4", "parameters": count_parameters(build_model()),
+                     "precision": precision(torch.device(device), "auto")[1], "profile": args.profile},
+        "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "engines": {},
+    }
+    steps = 3 if args.quick else 30
+    print(f"[bench] model-only bound ({'quick' if args.quick else 'channels-last x AMP x compile'})", flush=True)
+    result["model_bound"] = run_worker([*common, "--engine", "bound", "--bound-steps", str(steps),
+                                        "--bound-variants", "quick" if args.quick else "all"], "model-only bound")
+    available = set(available_loaders())
+    for name in names:
+        if name not in available:
+            from pipeline import _ENGINES, _missing
+            reason = f"needs {', '.join(_missing(_ENGINES[name]))}: {_ENGINES[name].install}"
+            print(f"[bench] {name}: unavailable ({reason})", flush=True)
+            result["engines"][name] = {"available": False, "reason": reason}
+            continue
+        print(f"[bench] {name}: loader-only x{repeats}, batch scaling {scaling}, end-to-end", flush=True)
+        wargs = [*common, "--engine", name, "--repeats", str(repeats), "--scaling", scaling]
+        if args.quick:
+            wargs += ["--e2e-batches", "4"]
+        if args.profile:
+            wargs += ["--profile-dir", str(out_dir / "traces" / name)]
+        try:
+            result["engines"][name] = {"available": True, **run_worker(wargs, name)}
+        except RuntimeError as e:
+            print(f"[bench] {name}: {e}", flush=True)
+            result["engines"][name] = {"available": False, "reason": str(e)}
+
+    from bench.report import console, derive, write
+    derive(result)
+    stem = f"{dt.date.today().isoformat()}-{slug}" + ("-quick" if args.quick else "")
+    paths = write(result, out_dir, stem)
+    print(console(result))
+    for e_name, e in result["engines"].items():
+        if args.profile and e.get("available") and e["end_to_end"].get("top_ops"):
+            print(f"top operators, {e_name}: " + ", ".join(f"{o['op']} {o['self_ms']:.1f} ms"
+                                                          for o in e["end_to_end"]["top_ops"][:5]))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""The measurements, run in a worker process per engine (so memory figures and warm state are its own):
+
+    python -m bench.measure --engine NAME ...   prints one JSON object on its last line
+
+- loader-only: images/s over full epochs after a warm-up epoch, data ending on the device;
+- batch scaling: loader-only images/s per batch size;
+- end-to-end: epochs (or, with --e2e-batches, a stated number of batches) of training the model on the
+  engine's batches; the model-only bound is measured with ``--engine bound``: the same model and batch
+  size trained on one batch resident on the device;
+- peak device memory and host RSS; optional torch.profiler traces for TensorBoard.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+
+import torch
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def stats(values: list[float]) -> dict:
+    t = torch.tensor(values, dtype=torch.float64)
+    return {"mean": float(t.mean()), "min": float(t.min()), "max": float(t.max()),
+            "std": float(t.std()) if len(values) > 1 else 0.0, "values": [float(v) for v in values]}
+
+
+def peak_host_rss_mb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + children) / 1024.0   # Linux: kB; the largest child (loader workers) added to our own
+
+
+def _loader(name, data_dir, batch_size, device, seed=0, augment=True):
+    from pipeline import build_loader
+    return build_loader(name, data_dir, "train", batch_size, device=device, seed=seed, augment=augment)
+
+
+def epoch_throughput(loader, device, max_batches=None) -> tuple[float, int]:
+    """(seconds, images) for one pass (or ``max_batches`` batches) over the loader."""
+    sync(device)
+    start = time.perf_counter()
+    n = 0
+    for b, (x, y) in enumerate(loader):
+        n += len(y)
+        if max_batches is not None and b + 1 >= max_batches:
+            break
+    sync(device)
+    return time.perf_counter() - start, n
+
+
+def loader_only(name, data_dir, batch_size, device, repeats) -> dict:
+    loader = _loader(name, data_dir, batch_size, device)
+    epoch_throughput(loader, device)            # warm-up epoch (workers, JIT, caches)
+    rates, seconds = [], []
+    for _ in range(repeats):
+        s, n = epoch_throughput(loader, device)
+        rates.append(n / s)
+        seconds.append(s)
+    return {"img_per_s": stats(rates), "epoch_s": stats(seconds), "images_per_epoch": n}
+
+
+def batch_scaling(name, data_dir, sizes, device) -> dict:
+    out = {}
+    for bs in sizes:
+        loader = _loader(name, data_dir, bs, device)
+        epoch_throughput(loader, device, max_batches=3)     # warm-up
+        s, n = epoch_throughput(loader, device)
+        out[str(bs)] = n / s
+    return out
+
+
+def make_model(device, channels_last=True, compile=False):
+    from model import build_model
+    from model.training import make_optimizer
+    torch.manual_seed(0)
+    net = build_model().to(device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    opt = make_optimizer(net, lr=0.05)
+    return (torch.compile(net) if compile else net), opt
+
+
+def model_bound(batch_size, device, amp, channels_last, compile, steps, warmup, train_size) -> dict:
+    from model.training import Stepper, precision
+    net, opt = make_model(device, channels_last, compile)
+    dtype, note = precision(device, amp)
+    step = Stepper(net, opt, device, dtype, 0.1)
+    x = torch.randn(batch_size, 3, 32, 32, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch_size,), device=device)
+    net.train()
+    for _ in range(warmup):
+        step(x, y)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(x, y)
+    sync(device)
+    rate = steps * batch_size / (time.perf_counter() - start)
+    return {"channels_last": channels_last, "amp": amp, "precision": note, "compile": compile,
+            "img_per_s": rate, "epoch_s": train_size / rate}
+
+
+def end_to_end(name, data_dir, batch_size, device, amp, epochs, max_batches, profile_dir=None) -> dict:
+    from model.training import Stepper, precision
+    net, opt = make_model(device)
+    dtype, note = precision(device, amp)
+    step = Stepper(net, opt, device, dtype, 0.1)
+    loader = _loader(name, data_dir, batch_size, device, seed=1)
+    net.train()
+    for b, (x, y) in enumerate(loader):         # warm-up: a few steps of a first epoch
+        step(x, y)
+        if b >= 4:
+            break
+    seconds, rates, top_ops = [], [], None
+    for e in range(epochs):
+        loader.set_epoch(e + 1)
+        prof = _profiler(profile_dir, device) if (profile_dir and e == 0) else None
+        sync(device)
+        start = time.perf_counter()
+        n = 0
+        if prof:
+            prof.start()
+        for b, (x, y) in enumerate(loader):
+            step(x, y)
+            n += len(y)
+            if prof:
+                prof.step()
+            if max_batches is not None and b + 1 >= max_batches:
+                break
+        sync(device)
+        s = time.perf_counter() - start
+        if prof:
+            prof.stop()
+            top_ops = _top_ops(prof, device)
+        seconds.append(s)
+        rates.append(n / s)
+    return {"img_per_s": stats(rates), "measured_images": n, "precision": note, "top_ops": top_ops,
+            "measured_s": stats(seconds)}
+
+
+def _profiler(profile_dir, device):
+    from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    return profile(activities=acts, schedule=schedule(wait=1, warmup=1, active=4, repeat=1),
+                   on_trace_ready=tensorboard_trace_handler(str(profile_dir)), record_shapes=False)
+
+
+def _top_ops(prof, device, k=10) -> list[dict]:
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    rows = []
+    for ev in sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)[:k]:
+        rows.append({"op": ev.key, "self_ms": getattr(ev, key, 0) / 1000.0, "calls": ev.count})
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.measure", description="One engine's measurements (worker).")
+    ap.add_argument("--engine", required=True, help="an engine name, or 'bound' for the model-only bound")
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--scaling", default="128,256,512,1024,2048")
+    ap.add_argument("--e2e-epochs", type=int, default=1)
+    ap.add_argument("--e2e-batches", type=int, default=None)
+    ap.add_argument("--amp", default="auto")
+    ap.add_argument("--bound-steps", type=int, default=30)
+    ap.add_argument("--bound-variants", default="all", choices=["all", "quick"])
+    ap.add_argument("--profile-dir", default=None)
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    from pipeline.format import read_meta
+    train_size = read_meta(args.data_dir)["counts"]["train"]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    if args.engine == "bound":
+        variants = []
+        configs = [(True, args.amp, False), (False, args.amp, False)]
+        if args.bound_variants == "all":
+            configs += [(True, "off", False), (False, "off", False), (True, "on", False), (True, args.amp, True)]
+        for cl, amp, comp in configs:
+            variants.append(model_bound(args.batch_size, device, amp, cl, comp, args.bound_steps,
+                                        max(2, args.bound_steps // 5), train_size))
+        result = {"default": variants[0], "variants": variants}
+    else:
+        result = {"loader_only": loader_only(args.engine, args.data_dir, args.batch_size, device, args.repeats),
+                  "batch_scaling": batch_scaling(args.engine, args.data_dir,
+                                                 [int(v) for v in args.scaling.split(",") if v], device),
+                  "end_to_end": end_to_end(args.engine, args.data_dir, args.batch_size, device, args.amp,
+                                           args.e2e_epochs, args.e2e_batches, args.profile_dir)}
+        e2e = result["end_to_end"]
+        e2e["epoch_s"] = stats([train_size / r for r in e2e["img_per_s"]["values"]])
+        e2e["estimated_from_batches"] = args.e2e_batches
+    result["peak_host_rss_mb"] = peak_host_rss_mb()
+    result["peak_device_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

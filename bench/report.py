@@ -1,0 +1,168 @@
+"""Reports of a benchmark run: ratios from its own figures, targets, markdown, charts, console table."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+GPU_ENGINES = ("gpu", "dali", "ffcv")
+TARGET_SPEEDUP = 20.0       # GPU engines vs the albumentations DataLoader, loader-only, on a GPU
+TARGET_E2E_RATIO = 1.03     # end-to-end epoch time / model-only bound epoch time
+TARGET_EPOCH_S = 1.0        # seconds per 50,000-image epoch on an H100, default model
+
+
+def derive(result: dict) -> dict:
+    """Ratios and target checks, computed from the figures in ``result`` (and stored in it)."""
+    bound_s = result["model_bound"]["default"]["epoch_s"]
+    base = result["engines"].get("torch", {})
+    base_rate = base["loader_only"]["img_per_s"]["mean"] if base.get("available") else None
+    on_gpu = result["device_kind"] == "cuda"
+    targets = []
+    for name, e in result["engines"].items():
+        if not e.get("available"):
+            continue
+        e["speedup_vs_torch"] = e["loader_only"]["img_per_s"]["mean"] / base_rate if base_rate else None
+        e["e2e_ratio_to_bound"] = e["end_to_end"]["epoch_s"]["mean"] / bound_s
+        if name in GPU_ENGINES and e["speedup_vs_torch"] is not None:
+            targets.append({"name": f"{name}: loader-only speed-up over albumentations DataLoader",
+                            "value": e["speedup_vs_torch"], "target": f">= {TARGET_SPEEDUP:g}x on a GPU",
+                            "met": e["speedup_vs_torch"] >= TARGET_SPEEDUP if on_gpu else None})
+        targets.append({"name": f"{name}: end-to-end epoch / model-only bound", "value": e["e2e_ratio_to_bound"],
+                        "target": f"<= {TARGET_E2E_RATIO:g}", "met": e["e2e_ratio_to_bound"] <= TARGET_E2E_RATIO
+                        if on_gpu else None})
+    fastest = min((e["end_to_end"]["epoch_s"]["mean"], n) for n, e in result["engines"].items() if e.get("available"))
+    per_50k = fastest[0] * 50_000 / result["data"]["train"]
+    targets.append({"name": f"fastest end-to-end epoch ({fastest[1]}), scaled to 50,000 images", "value": per_50k,
+                    "target": f"< {TARGET_EPOCH_S:g} s on an H100",
+                    "met": per_50k < TARGET_EPOCH_S if on_gpu and "H100" in result["device"] else None})
+    result["targets"] = targets
+    return result
+
+
+def _fmt(v, unit="", digits=0):
+    if v is None:
+        return "–"
+    return f"{v:,.{digits}f}{unit}"
+
+
+def markdown(result: dict) -> str:
+    r = result
+    lines = [f"# cifarflow benchmark: {r['device']}", "",
+             f"{r['date']} · torch {r['versions']['torch']} · batch size {r['settings']['batch_size']} · "
+             f"{r['data']['train']:,} training images ({r['data']['dir']}) · {r['settings']['precision']}"
+             + (" · **quick** run" if r["settings"]["quick"] else ""), "",
+             f"Model: {r['settings']['model']} ({r['settings']['parameters']:,} parameters). "
+             f"Figures are means over repeats (min–max in brackets); ratios are computed from these figures.", "",
+             "## Loader-only throughput and end-to-end epoch", "",
+             "| engine | loader-only img/s | speed-up vs torch | end-to-end epoch s | end-to-end / bound | peak device MB | peak host RSS MB |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, e in r["engines"].items():
+        if not e.get("available"):
+            lines.append(f"| {name} | unavailable: {e['reason']} | | | | | |")
+            continue
+        lo, ee = e["loader_only"]["img_per_s"], e["end_to_end"]["epoch_s"]
+        lines.append(f"| {name} | {_fmt(lo['mean'])} ({_fmt(lo['min'])}–{_fmt(lo['max'])}) | "
+                     f"{_fmt(e['speedup_vs_torch'], '×', 2)} | {_fmt(ee['mean'], '', 2)} ({_fmt(ee['min'], '', 2)}–"
+                     f"{_fmt(ee['max'], '', 2)}) | {_fmt(e['e2e_ratio_to_bound'], '', 3)} | "
+                     f"{_fmt(e['peak_device_mem_mb'])} | {_fmt(e['peak_host_rss_mb'])} |")
+    b = r["model_bound"]["default"]
+    lines += ["", f"Model-only bound (one resident batch, forward + backward + step): **{_fmt(b['img_per_s'])} img/s**, "
+                  f"{_fmt(b['epoch_s'], ' s', 2)} per epoch of {r['data']['train']:,} images.", ""]
+    est = next((e["end_to_end"].get("estimated_from_batches") for e in r["engines"].values() if e.get("available")), None)
+    if est:
+        lines += [f"End-to-end figures are estimated from {est} batches per engine (quick run).", ""]
+    lines += ["## Model-only bound: channels-last, AMP, torch.compile", "",
+              "| channels-last | AMP | compile | img/s | epoch s | precision |", "| --- | --- | --- | --- | --- | --- |"]
+    for v in r["model_bound"]["variants"]:
+        lines.append(f"| {'on' if v['channels_last'] else 'off'} | {v['amp']} | {'on' if v['compile'] else 'off'} | "
+                     f"{_fmt(v['img_per_s'])} | {_fmt(v['epoch_s'], '', 2)} | {v['precision'].split(':')[0].split(' (')[0]} |")
+    sizes = sorted({int(s) for e in r["engines"].values() if e.get("available") for s in e["batch_scaling"]})
+    lines += ["", "## Batch-size scaling, loader-only img/s", "",
+              "| engine | " + " | ".join(str(s) for s in sizes) + " |", "| --- |" + " --- |" * len(sizes)]
+    for name, e in r["engines"].items():
+        if e.get("available"):
+            lines.append(f"| {name} | " + " | ".join(_fmt(e["batch_scaling"].get(str(s))) for s in sizes) + " |")
+    lines += ["", "## Targets", "", "| what | value | target | met |", "| --- | --- | --- | --- |"]
+    for t in r["targets"]:
+        met = "n/a here" if t["met"] is None else ("yes" if t["met"] else "**no**")
+        lines.append(f"| {t['name']} | {_fmt(t['value'], '', 3)} | {t['target']} | {met} |")
+    tops = [(n, e["end_to_end"]["top_ops"]) for n, e in r["engines"].items() if e.get("available") and e["end_to_end"].get("top_ops")]
+    if tops:
+        lines += ["", "## Top operators (profiler, end-to-end steps)", ""]
+        for n, ops in tops:
+            lines.append(f"**{n}**: " + ", ".join(f"{o['op']} {o['self_ms']:.1f} ms" for o in ops[:6]))
+            lines.append("")
+    lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()), "",
+              f"Reproduce: `{r['command']}`", ""]
+    return "\n".join(lines)
+
+
+def console(result: dict) -> str:
+    rows = [f"{'engine':<8}{'loader img/s':>14}{'x torch':>9}{'e2e epoch s':>13}{'e2e/bound':>11}"]
+    for name, e in result["engines"].items():
+        if not e.get("available"):
+            rows.append(f"{name:<8}  unavailable: {e['reason']}")
+            continue
+        rows.append(f"{name:<8}{e['loader_only']['img_per_s']['mean']:>14,.0f}"
+                    f"{_fmt(e['speedup_vs_torch'], '', 2):>9}{e['end_to_end']['epoch_s']['mean']:>13.2f}"
+                    f"{e['e2e_ratio_to_bound']:>11.3f}")
+    b = result["model_bound"]["default"]
+    rows.append(f"{'bound':<8}{b['img_per_s']:>14,.0f}{'':>9}{b['epoch_s']:>13.2f}{1.0:>11.3f}")
+    return "\n".join(rows)
+
+
+def charts(result: dict, stem: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    avail = [(n, e) for n, e in result["engines"].items() if e.get("available")]
+    names = [n for n, _ in avail]
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    means = [e["loader_only"]["img_per_s"]["mean"] for _, e in avail]
+    err = [[m - e["loader_only"]["img_per_s"]["min"] for m, (_, e) in zip(means, avail)],
+           [e["loader_only"]["img_per_s"]["max"] - m for m, (_, e) in zip(means, avail)]]
+    ax.bar(names, means, yerr=err, color="#4c72b0", capsize=4)
+    ax.axhline(result["model_bound"]["default"]["img_per_s"], color="#c44e52", ls="--", label="model-only bound")
+    ax.set_ylabel("images / s"), ax.set_title(f"loader-only throughput ({result['device']})", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(stem.with_name(stem.name + "-throughput.png"))
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.bar(names, [e["end_to_end"]["epoch_s"]["mean"] for _, e in avail], color="#55a868", label="end-to-end")
+    ax.axhline(result["model_bound"]["default"]["epoch_s"], color="#c44e52", ls="--", label="model-only bound")
+    ax.set_ylabel(f"seconds per epoch ({result['data']['train']:,} images)")
+    ax.set_title("end-to-end epoch vs the model-only bound", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(stem.with_name(stem.name + "-e2e.png"))
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for n, e in avail:
+        sizes = sorted(int(s) for s in e["batch_scaling"])
+        ax.plot(sizes, [e["batch_scaling"][str(s)] for s in sizes], "o-", label=n)
+    ax.set_xscale("log", base=2), ax.set_yscale("log")
+    ax.set_xlabel("batch size"), ax.set_ylabel("loader-only images / s"), ax.legend(fontsize=8)
+    ax.set_title("batch-size scaling", fontsize=9)
+    fig.tight_layout()
+    paths.append(stem.with_name(stem.name + "-batch-scaling.png"))
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def write(result: dict, out_dir: Path, stem_name: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / stem_name
+    json_path = stem.with_suffix(".json")
+    tmp = json_path.with_name("." + json_path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(json_path)
+    md_path = stem.with_suffix(".md")
+    md_path.write_text(markdown(result))
+    return [json_path, md_path, *charts(result, stem)]

@@ -1,0 +1,67 @@
+"""bench --quick: every field, ratios from the figures in the same file, unavailable engines reported."""
+import json
+import math
+
+import pytest
+
+import pipeline
+
+
+@pytest.fixture(scope="module")
+def quick_report(mini_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    mp = pytest.MonkeyPatch()
+    mp.setitem(pipeline._ENGINES, "fake", pipeline._Engine("pipeline.engines.fake", ("surely_missing_mod",),
+                                                           "pip install fake-engine", "a missing engine"))
+    try:
+        from bench.__main__ import main
+        assert main(["--loaders", "gpu,fake", "--data-dir", str(mini_dir), "--quick", "--out", str(out)]) == 0
+    finally:
+        mp.undo()
+    (path,) = out.glob("*.json")
+    return json.loads(path.read_text()), out
+
+
+def test_every_field(quick_report):
+    r, out = quick_report
+    for key in ("date", "device", "device_kind", "versions", "policy", "data", "settings", "command",
+                "model_bound", "engines", "targets"):
+        assert key in r, key
+    assert r["settings"]["quick"] and r["versions"]["torch"]
+    assert set(r["engines"]) == {"torch", "gpu", "fake"}        # torch: the baseline, always measured
+    for name in ("torch", "gpu"):
+        e = r["engines"][name]
+        assert e["available"]
+        for key in ("loader_only", "batch_scaling", "end_to_end", "speedup_vs_torch", "e2e_ratio_to_bound",
+                    "peak_host_rss_mb", "peak_device_mem_mb"):
+            assert key in e, (name, key)
+        assert e["loader_only"]["img_per_s"]["mean"] > 0 and len(e["loader_only"]["img_per_s"]["values"]) >= 1
+        assert set(e["batch_scaling"]) == {"128", "512"}
+        assert e["end_to_end"]["epoch_s"]["mean"] > 0 and e["peak_host_rss_mb"] > 100
+    b = r["model_bound"]
+    assert b["default"]["img_per_s"] > 0 and {(v["channels_last"], v["compile"]) for v in b["variants"]} >= {(True, False), (False, False)}
+    for suffix in (".md", "-throughput.png", "-e2e.png", "-batch-scaling.png"):
+        assert list(out.glob(f"*{suffix}")), suffix
+
+
+def test_ratios_come_from_the_figures_in_the_file(quick_report):
+    r, _ = quick_report
+    base = r["engines"]["torch"]["loader_only"]["img_per_s"]["mean"]
+    bound = r["model_bound"]["default"]["epoch_s"]
+    assert math.isclose(r["model_bound"]["default"]["epoch_s"], r["data"]["train"] / r["model_bound"]["default"]["img_per_s"])
+    for name in ("torch", "gpu"):
+        e = r["engines"][name]
+        assert math.isclose(e["speedup_vs_torch"], e["loader_only"]["img_per_s"]["mean"] / base)
+        assert math.isclose(e["e2e_ratio_to_bound"], e["end_to_end"]["epoch_s"]["mean"] / bound)
+    gpu_target = next(t for t in r["targets"] if t["name"].startswith("gpu: loader-only"))
+    assert math.isclose(gpu_target["value"], r["engines"]["gpu"]["speedup_vs_torch"])
+    if r["device_kind"] == "cpu":
+        assert all(t["met"] is None for t in r["targets"])       # GPU targets are not judged on a CPU
+
+
+def test_a_missing_engine_is_reported_not_fatal(quick_report):
+    r, out = quick_report
+    fake = r["engines"]["fake"]
+    assert fake["available"] is False and "surely_missing_mod" in fake["reason"] and "pip install" in fake["reason"]
+    md = next(out.glob("*.md")).read_text()
+    assert "| fake | unavailable" in md
