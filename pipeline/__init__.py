@@ -36,6 +36,9 @@ _ENGINES: dict[str, _Engine] = {
                    "batched PyTorch ops on a device-resident dataset, per-sample random parameters"),
     "dali": _Engine("pipeline.engines.dali", ("nvidia.dali",), "pip install -e '.[dali]' (nvidia-dali-cuda120)",
                     "NVIDIA DALI ops (GPU, or DALI's CPU operators without one)"),
+    "ffcv": _Engine("pipeline.engines.ffcv", ("ffcv", "numba"),
+                    "apt-get install -y pkg-config libturbojpeg0-dev libopencv-dev && pip install -e '.[ffcv]'",
+                    "FFCV .beton + Loader; the policy as torch ops after ToDevice (or numba ops)"),
 }
 
 

@@ -45,6 +45,17 @@ def convert(source: str, out: str | Path, force: bool = False, log=print) -> dic
     return meta
 
 
+def write_betons(out) -> None:
+    """The FFCV .beton of each split (needs ffcv: the engine module imports it)."""
+    from pipeline import LoaderUnavailable, _ENGINES, _missing
+    missing = _missing(_ENGINES["ffcv"])
+    if missing:
+        raise LoaderUnavailable(f"--beton needs {', '.join(missing)}: {_ENGINES['ffcv'].install}")
+    from pipeline.engines.ffcv import ensure_beton
+    for split in ("train", "test"):
+        print(f"{split}: {ensure_beton(out, split)}")
+
+
 def _existing_meta(out: Path) -> dict | None:
     try:
         return read_meta(out)
@@ -82,10 +93,20 @@ def main(argv=None) -> int:
                          "(.tar/.tar.gz/.tgz/.zip) with train/<class>/*.jpg|png and test/<class>/...")
     ap.add_argument("--out", required=True, help="folder to create (DIR/train_images.npy, ..., meta.json)")
     ap.add_argument("--force", action="store_true", help="convert again even if DIR already holds this conversion")
+    ap.add_argument("--beton", action="store_true",
+                    help="also write the FFCV .beton files (DIR/ffcv/; otherwise written on the ffcv loader's first use)")
     args = ap.parse_args(argv)
     try:
         convert(args.source, args.out, force=args.force)
+        if args.beton:
+            write_betons(args.out)
     except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001  LoaderUnavailable (--beton without ffcv)
+        from pipeline import LoaderUnavailable
+        if not isinstance(e, LoaderUnavailable):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -170,7 +170,9 @@ def _epoch(loader) -> tuple[np.ndarray, np.ndarray]:
 
 
 def statistical_parity(engine: str, data_dir, policy: AugmentPolicy, seed: int = 0, device="cpu",
-                       batch_size: int = 512):
+                       batch_size: int = 512, options: dict | None = None):
+    """``options`` go to the engine's loader (e.g. ``{"mode": "numba"}``); parameter distributions are
+    compared only when the engine exposes ``sampled_params`` and no options change how it draws."""
     from scipy.stats import ks_2samp
 
     from pipeline import build_loader
@@ -184,8 +186,9 @@ def statistical_parity(engine: str, data_dir, policy: AugmentPolicy, seed: int =
     checks = []
 
     def run(name, pol, s=seed):
+        extra = (options or {}) if name == engine else {}
         loader = build_loader(name, data_dir, "train", batch_size, device=device, seed=s, normalize=False,
-                              return_index=True, policy=pol)
+                              return_index=True, policy=pol, **extra)
         return _epoch(loader)
 
     off = policy.without_augmentation()
@@ -208,7 +211,7 @@ def statistical_parity(engine: str, data_dir, policy: AugmentPolicy, seed: int =
                               policy.dropout.p, n))
 
     # parameter distributions, where the engine exposes what it draws
-    if hasattr(module, "sampled_params"):
+    if hasattr(module, "sampled_params") and not options:
         ours = module.sampled_params(n, policy, seed, device).numpy()
         for key in ("angle", "scale_x", "scale_y", "shift_x", "shift_y", "hole_x", "hole_y"):
             flag = "dropout" if key.startswith("hole") else "ssr"
@@ -220,7 +223,7 @@ def statistical_parity(engine: str, data_dir, policy: AugmentPolicy, seed: int =
                                 f"{ref_p[key].max():.3g}"))
     else:
         checks.append(Check("statistical", "parameter distributions (KS)", True,
-                            f"not applicable: {engine} does not expose its sampled parameters"))
+                            f"not applicable: {engine} {options or ''} does not expose its sampled parameters"))
 
     # the whole policy: share of hole-filled pixels and the mean augmented image
     eng, _ = run(engine, policy)

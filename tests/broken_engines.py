@@ -3,7 +3,7 @@ from dataclasses import replace
 
 import torch
 
-from pipeline.engines import gpu
+from pipeline import ops as gpu
 
 
 def replay_flip_vertical(images, params, policy):

@@ -2,17 +2,9 @@
 
 The converted arrays are copied to the device once, as one uint8 tensor (the CPU when there is no GPU).
 Each epoch is a permutation drawn from a seeded ``torch.Generator`` on that device; each batch draws
-its per-sample parameters (``pipeline.params.sample_params``) and runs ``apply``: no DataLoader, no
-per-sample Python loop.
-
-``apply(images, params, policy)`` is deterministic, which is what lets the parity harness replay the
-same parameters through albumentations:
-- flip: ``torch.where`` between the batch and its mirror;
-- shift-scale-rotate: one batched ``affine_grid`` + ``grid_sample`` (bilinear, align_corners=False)
-  whose theta reproduces albumentations' matrix; the border is the per-channel mean, by sampling
-  ``x - mean`` with zero padding and adding the mean back, then rounding as OpenCV does;
-- dropout: a mask of the hole, filled with the (truncated) mean;
-then float conversion, normalization and channels-last in the same pass.
+its per-sample parameters (``pipeline.params.sample_params``) and runs ``pipeline.ops.apply`` (flip,
+affine_grid + grid_sample with the mean border, hole mask; float conversion, normalization and
+channels-last in the same pass): no DataLoader, no per-sample Python loop.
 """
 from __future__ import annotations
 
@@ -20,42 +12,12 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pipeline.format import load_split
 from pipeline.output import epoch_seed
-from pipeline.params import Params, dropout_fill, grid_sample_theta, sample_params, ssr_fill
+from pipeline.ops import apply, replay  # noqa: F401  (replay: this engine's entry for the parity harness)
+from pipeline.params import Params, sample_params
 from pipeline.policy import AugmentPolicy
-
-
-def apply(images: torch.Tensor, params: Params, policy: AugmentPolicy) -> torch.Tensor:
-    """uint8 (B, H, W, 3) -> float32 (B, 3, H, W) channels-last holding whole pixel values 0..255."""
-    b, h, w, _ = images.shape
-    dev = images.device
-    x = images.permute(0, 3, 1, 2).float()      # channels-last view of the NHWC batch
-    x = torch.where(params.flip.view(-1, 1, 1, 1), x.flip(3), x)
-
-    fill = torch.tensor(ssr_fill(policy), dtype=torch.float32, device=dev).view(1, 3, 1, 1)
-    theta = grid_sample_theta(params, h)
-    grid = F.affine_grid(theta, [b, 3, h, w], align_corners=False)
-    warped = F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
-    warped = warped.round_().clamp_(0, 255)
-    x = torch.where(params.ssr.view(-1, 1, 1, 1), warped, x)
-
-    d = policy.dropout
-    rows = torch.arange(h, device=dev).view(1, 1, h, 1)
-    cols = torch.arange(w, device=dev).view(1, 1, 1, w)
-    hy, hx = params.hole_y.view(b, -1, 1, 1), params.hole_x.view(b, -1, 1, 1)
-    inside = ((rows >= hy) & (rows < hy + d.hole_height) & (cols >= hx) & (cols < hx + d.hole_width)).any(1)
-    hole = (inside & params.dropout.view(-1, 1, 1)).unsqueeze(1)
-    hole_value = torch.tensor(dropout_fill(policy), dtype=torch.float32, device=dev).view(1, 3, 1, 1)
-    x = torch.where(hole, hole_value, x)
-    return x.contiguous(memory_format=torch.channels_last)
-
-
-def replay(images: torch.Tensor, params: Params, policy: AugmentPolicy) -> torch.Tensor:
-    """For the parity harness: uint8 (B, H, W, 3) in, uint8 (B, H, W, 3) out."""
-    return apply(images, params.to(images.device), policy).to(torch.uint8).permute(0, 2, 3, 1)
 
 
 class GpuLoader:
