@@ -96,10 +96,13 @@ def parse_args(argv=None):
                          "bf16 on CPUs with native bf16 (avx512_bf16/AMX), fp32 on other CPUs")
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (opt-in)")
-    ap.add_argument("--workers", type=int, default=None, help="loader worker processes (engines that use them)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="loader workers: torch DataLoader processes, FFCV threads, DALI threads (gpu: none)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="run folder (default runs/<loader>-<arch>)")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    ap.add_argument("--log-samples", action="store_true",
+                    help="write the sample indices each process trained on, per epoch (an audit of sharding)")
     args = ap.parse_args(argv)
     if args.workers is not None and args.workers < 0:
         ap.error("--workers must be >= 0")
@@ -111,6 +114,50 @@ def parse_args(argv=None):
 # ---------------------------------------------------------------------------------------------
 # set-up helpers
 # ---------------------------------------------------------------------------------------------
+
+# the option through which each engine takes --workers
+WORKER_OPTION = {"torch": "num_workers", "ffcv": "num_workers", "dali": "num_threads"}
+
+
+class Dist:
+    """torchrun's process group, or a single process. Only rank 0 writes files and prints."""
+
+    def __init__(self, device_arg: str):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.enabled = self.world > 1
+        want_cuda = device_arg == "cuda" or (device_arg == "auto" and torch.cuda.is_available())
+        if want_cuda and not torch.cuda.is_available():
+            raise SystemExit("error: --device cuda, but this machine has no CUDA GPU: use --device cpu or auto.")
+        self.device = torch.device(f"cuda:{self.local_rank}" if want_cuda else "cpu")
+        if want_cuda:
+            torch.cuda.set_device(self.device)
+        if self.enabled:
+            import torch.distributed as dist
+            dist.init_process_group("nccl" if want_cuda else "gloo")
+            if not want_cuda:   # share the cores between the local processes instead of oversubscribing
+                local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
+                torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, *values: float) -> list[float]:
+        """Sum numbers over ranks."""
+        if not self.enabled:
+            return list(values)
+        import torch.distributed as dist
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def close(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+            dist.destroy_process_group()
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -162,7 +209,7 @@ def ensure_data(args) -> dict:
 # the loop
 # ---------------------------------------------------------------------------------------------
 
-def evaluate(net, loader, device, amp_dtype) -> tuple[float, float]:
+def evaluate(net, loader, device, amp_dtype, dist: "Dist | None" = None) -> tuple[float, float]:
     net.eval()
     loss_sum, correct, n = 0.0, 0, 0
     with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -171,10 +218,15 @@ def evaluate(net, loader, device, amp_dtype) -> tuple[float, float]:
             loss_sum += F.cross_entropy(out, y, reduction="sum").item()
             correct += (out.argmax(1) == y).sum().item()
             n += len(y)
+    if dist is not None:
+        loss_sum, correct, n = dist.sum(loss_sum, correct, n)
     return loss_sum / n, correct / n
 
 
-def train_one_epoch(step: Stepper, loader, sched, per_batch, epoch, epochs):
+def train_one_epoch(step: Stepper, loader, sched, per_batch, epoch, epochs, dist: "Dist | None" = None,
+                    seen: list | None = None):
+    """One epoch; returns (loss, accuracy, seconds, images/s), summed over ranks. ``seen`` collects the
+    sample indices trained on (the loader then yields them)."""
     from tqdm import tqdm
     step.net.train()
     device = step.device
@@ -183,9 +235,12 @@ def train_one_epoch(step: Stepper, loader, sched, per_batch, epoch, epochs):
     n = 0
     start = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False, mininterval=1.0,
-               dynamic_ncols=True)
+               dynamic_ncols=True, disable=dist is not None and not dist.main)
     with bar:
-        for b, (x, y) in enumerate(bar):
+        for b, batch in enumerate(bar):
+            x, y = batch[0], batch[1]
+            if seen is not None:
+                seen.extend(batch[2].tolist())
             loss, out = step(x, y)
             if per_batch:
                 sched.step()
@@ -199,7 +254,11 @@ def train_one_epoch(step: Stepper, loader, sched, per_batch, epoch, epochs):
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return loss_sum.item() / n, correct.item() / n, seconds, n / seconds
+    total_loss, total_correct, total_n = loss_sum.item(), correct.item(), n
+    if dist is not None:
+        total_loss, total_correct, total_n, seconds = dist.sum(total_loss, total_correct, total_n, seconds)
+        seconds /= dist.world
+    return total_loss / total_n, total_correct / total_n, seconds, total_n / seconds
 
 
 def plot_history(metrics: list[dict], path: Path) -> None:
@@ -238,18 +297,35 @@ def run(args) -> dict:
     if args.resume and not ckpt_path.exists():
         raise SystemExit(f"error: --resume: {ckpt_path} does not exist, nothing to continue.")
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda, but this machine has no CUDA GPU: use --device cpu or auto.")
+    dist = Dist(args.device)
+    try:
+        return _run(args, dist, out, ckpt_path)
+    finally:
+        dist.close()
+
+
+def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
+    device = dist.device
     amp_dtype, amp_note = precision(device, args.amp)
-    meta = ensure_data(args)
+    if dist.main:
+        meta = ensure_data(args)
+    if dist.enabled:
+        import torch.distributed as tdist
+        tdist.barrier()
+    meta = read_meta(args.data_dir)
     policy = AugmentPolicy.from_meta(meta)
     seed_everything(args.seed)
 
-    options = {} if args.workers is None else {"num_workers": args.workers}
+    options = {}
+    if args.workers is not None:
+        key = WORKER_OPTION.get(args.loader)
+        if key is None:
+            if dist.main:
+                print(f"note: --workers does not apply to --loader {args.loader} (it has no worker processes)")
+        else:
+            options[key] = args.workers
     train_loader = build_loader(args.loader, args.data_dir, "train", args.batch_size, device=device,
-                                seed=args.seed, policy=policy, **options)
+                                seed=args.seed, policy=policy, return_index=args.log_samples, **options)
     test_loader = build_loader(args.loader, args.data_dir, "test", 500, device=device, augment=False,
                                seed=args.seed, policy=policy, **options)
 
@@ -273,32 +349,56 @@ def run(args) -> dict:
         scaler_state = ckpt["scaler"]
         set_rng_state(ckpt["rng"])
         metrics, start_epoch = list(ckpt["metrics"]), ckpt["epoch"]
-        print(f"resuming {out} after epoch {start_epoch}")
+        if dist.main:
+            print(f"resuming {out} after epoch {start_epoch}")
 
-    compiled = torch.compile(net) if args.compile else net
+    wrapped = net
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+        wrapped = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    compiled = torch.compile(wrapped) if args.compile else wrapped
     step = Stepper(compiled, opt, device, amp_dtype, args.label_smoothing)
     if args.resume:
         step.scaler.load_state_dict(scaler_state)
-    out.mkdir(parents=True, exist_ok=True)
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
     config = {"args": vars(args), "policy": policy.to_dict(), "data": {k: meta[k] for k in
               ("classes", "counts", "mean", "std", "source")}, "precision": amp_note, "device": str(device),
               "parameters": count_parameters(net), "receptive_field": receptive_field(net),
-              "torch": str(torch.__version__)}
+              "torch": str(torch.__version__), "world_size": dist.world}
+    if not dist.main:
+        return _train(args, dist, out, ckpt_path, train_loader, test_loader, net, compiled, opt, sched,
+                      per_batch, step, amp_dtype, metrics, start_epoch, config, meta, tb=None)
     write_json(config, out / "config.json")
     print(f"{args.arch}: {count_parameters(net):,} parameters, receptive field {receptive_field(net)}; "
           f"loader {args.loader}, {len(train_loader)} batches of {args.batch_size}; device {device}; "
           f"{amp_note}; {'channels-last' if args.channels_last else 'contiguous'}"
-          f"{'; torch.compile' if args.compile else ''}")
+          f"{'; torch.compile' if args.compile else ''}"
+          f"{f'; {dist.world} processes (DistributedDataParallel)' if dist.enabled else ''}")
 
     from torch.utils.tensorboard import SummaryWriter
     tb = SummaryWriter(str(out / "tb"), purge_step=start_epoch + 1)
+    return _train(args, dist, out, ckpt_path, train_loader, test_loader, net, compiled, opt, sched,
+                  per_batch, step, amp_dtype, metrics, start_epoch, config, meta, tb)
+
+
+def _train(args, dist, out, ckpt_path, train_loader, test_loader, net, compiled, opt, sched, per_batch, step,
+           amp_dtype, metrics, start_epoch, config, meta, tb) -> dict:
+    device = dist.device
     try:
         for epoch in range(start_epoch, args.epochs):
             train_loader.set_epoch(epoch)
             lr = opt.param_groups[0]["lr"]
+            seen = [] if args.log_samples else None
             tr_loss, tr_acc, seconds, img_s = train_one_epoch(step, train_loader, sched, per_batch, epoch,
-                                                              args.epochs)
-            te_loss, te_acc = evaluate(compiled, test_loader, device, amp_dtype)
+                                                              args.epochs, dist, seen)
+            te_loss, te_acc = evaluate(net, test_loader, device, amp_dtype, dist)
+            if seen is not None:
+                out.mkdir(parents=True, exist_ok=True)
+                write_json(seen, out / f"samples-epoch{epoch + 1}-rank{dist.rank}.json")
+            if not dist.main:
+                metrics.append({"epoch": epoch + 1})
+                continue
             m = {"epoch": epoch + 1, "train_loss": tr_loss, "train_acc": tr_acc, "test_loss": te_loss,
                  "test_acc": te_acc, "epoch_time_s": seconds, "img_per_s": img_s, "lr": lr}
             metrics.append(m)
@@ -320,8 +420,9 @@ def run(args) -> dict:
         raise SystemExit(f"\ninterrupted: {out} holds the checkpoint of epoch {done}; "
                          f"continue with the same command and --resume.") from None
     finally:
-        tb.close()
-    if metrics:
+        if tb is not None:
+            tb.close()
+    if metrics and dist.main:
         print(f"test accuracy {100 * metrics[-1]['test_acc']:.2f}% after {metrics[-1]['epoch']} epochs -> {out}")
     return {"metrics": metrics, "out": str(out)}
 

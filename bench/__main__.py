@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# engines measured in more than one configuration: report row -> options
+VARIANTS = {"ffcv": {"ffcv[numba]": "mode=numba", "ffcv[torch]": "mode=torch"}}
 
 
 def device_name(device: str) -> tuple[str, str]:
@@ -135,17 +137,18 @@ def main(argv=None) -> int:
             print(f"[bench] {name}: unavailable ({reason})", flush=True)
             result["engines"][name] = {"available": False, "reason": reason}
             continue
-        print(f"[bench] {name}: loader-only x{repeats}, batch scaling {scaling}, end-to-end", flush=True)
-        wargs = [*common, "--engine", name, "--repeats", str(repeats), "--scaling", scaling]
-        if args.quick:
-            wargs += ["--e2e-batches", "4"]
-        if args.profile:
-            wargs += ["--profile-dir", str(out_dir / "traces" / name)]
-        try:
-            result["engines"][name] = {"available": True, **run_worker(wargs, name)}
-        except RuntimeError as e:
-            print(f"[bench] {name}: {e}", flush=True)
-            result["engines"][name] = {"available": False, "reason": str(e)}
+        for row, options in VARIANTS.get(name, {name: ""}).items():
+            print(f"[bench] {row}: loader-only x{repeats}, batch scaling {scaling}, end-to-end", flush=True)
+            wargs = [*common, "--engine", name, "--repeats", str(repeats), "--scaling", scaling, "--options", options]
+            if args.quick:
+                wargs += ["--e2e-batches", "4"]
+            if args.profile:
+                wargs += ["--profile-dir", str(out_dir / "traces" / re.sub(r"[^a-z0-9-]+", "-", row))]
+            try:
+                result["engines"][row] = {"available": True, "options": options, **run_worker(wargs, row)}
+            except RuntimeError as e:
+                print(f"[bench] {row}: {e}", flush=True)
+                result["engines"][row] = {"available": False, "reason": str(e)}
 
     from bench.report import console, derive, write
     derive(result)

@@ -37,9 +37,12 @@ def peak_host_rss_mb() -> float:
     return (own + children) / 1024.0   # Linux: kB; the largest child (loader workers) added to our own
 
 
+OPTIONS: dict = {}   # engine options from --options, e.g. mode=numba
+
+
 def _loader(name, data_dir, batch_size, device, seed=0, augment=True):
     from pipeline import build_loader
-    return build_loader(name, data_dir, "train", batch_size, device=device, seed=seed, augment=augment)
+    return build_loader(name, data_dir, "train", batch_size, device=device, seed=seed, augment=augment, **OPTIONS)
 
 
 def epoch_throughput(loader, device, max_batches=None) -> tuple[float, int]:
@@ -176,7 +179,9 @@ def main(argv=None) -> int:
     ap.add_argument("--bound-steps", type=int, default=30)
     ap.add_argument("--bound-variants", default="all", choices=["all", "quick"])
     ap.add_argument("--profile-dir", default=None)
+    ap.add_argument("--options", default="", help="engine options, k=v,k=v (e.g. mode=numba)")
     args = ap.parse_args(argv)
+    OPTIONS.update(kv.split("=", 1) for kv in args.options.split(",") if kv)
     device = torch.device(args.device)
     from pipeline.format import read_meta
     train_size = read_meta(args.data_dir)["counts"]["train"]

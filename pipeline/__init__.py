@@ -105,6 +105,21 @@ def build_loader(name: str, data_dir, split: str, batch_size: int, *, device="cp
     if "shard" not in options:
         options["shard"] = _distributed_shard()
     module = importlib.import_module(engine.module)
+    accepted = _options_of(module)
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ValueError(f"the {name!r} loader takes no option {unknown[0]!r}: its options are "
+                         f"{', '.join(sorted(accepted)) or 'none'}.")
     return module.build(data_dir, split, batch_size, device=resolve_device(device), policy=policy,
                         augment=augment, seed=int(seed), normalize=normalize, return_index=return_index,
                         **options)
+
+
+_CONTRACT = {"self", "data_dir", "split", "batch_size", "device", "policy", "augment", "seed", "normalize",
+             "return_index"}
+
+
+def _options_of(module) -> set[str]:
+    """The engine-specific keyword options of an engine module's loader class (``module.LOADER``)."""
+    import inspect
+    return set(inspect.signature(module.LOADER.__init__).parameters) - _CONTRACT

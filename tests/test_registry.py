@@ -31,6 +31,8 @@ def test_bad_arguments(mini_dir, tmp_path):
         build_loader("torch", mini_dir, "validation", 8)
     with pytest.raises(DataError, match="python -m pipeline.convert"):
         build_loader("torch", tmp_path / "nothing", "train", 8)
+    with pytest.raises(ValueError, match="the 'gpu' loader takes no option 'num_workers': its options are .*compile"):
+        build_loader("gpu", mini_dir, "train", 8, num_workers=2)
 
 
 def test_cuda_without_a_gpu_is_a_sentence(mini_dir):

@@ -47,7 +47,7 @@ def _weights(path):
 
 
 def test_a_killed_run_resumes_to_the_same_weights(mini_dir, tmp_path):
-    common = ("--data-dir", mini_dir, "--epochs", 2, "--workers", 2, "--seed", 3)
+    common = ("--data-dir", mini_dir, "--epochs", 2, "--seed", 3)
     straight = tmp_path / "straight"
     assert run(train_cmd(*common, "--out", straight)).returncode == 0
 
@@ -111,7 +111,8 @@ def test_unavailable_loader_says_how_to_install(mini_dir, tmp_path, monkeypatch,
     import train
     fake = pipeline._Engine("pipeline.engines.nope", ("surely_missing_mod",), "pip install -e '.[fake]'", "x")
     monkeypatch.setitem(pipeline._ENGINES, "torch", fake)
-    assert train.main(["--data-dir", str(mini_dir), "--out", str(tmp_path / "r"), "--epochs", "1"]) == 2
+    assert train.main(["--loader", "torch", "--data-dir", str(mini_dir), "--out", str(tmp_path / "r"),
+                       "--epochs", "1"]) == 2
     err = capsys.readouterr().err
     assert "needs surely_missing_mod" in err and "pip install" in err
 
@@ -137,3 +138,20 @@ def test_evaluate_reports_and_refuses_bad_checkpoints(mini_dir, tmp_path):
         assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     resume_other = run(train_cmd("--data-dir", mini_dir, "--epochs", 1, "--out", out, "--resume", "--arch", "dilated"))
     assert resume_other.returncode != 0 and "--arch c1c2c3c4" in resume_other.stderr
+
+
+def test_two_processes_with_gloo_see_every_sample_once(mini_dir, tmp_path):
+    out = tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = run(torchrun + ["train.py", "--data-dir", str(mini_dir), "--epochs", "1", "--log-samples",
+                           "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = [json.loads((out / f"samples-epoch1-rank{r}.json").read_text()) for r in range(2)]
+    n = json.loads((out / "config.json").read_text())["data"]["counts"]["train"]
+    assert not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == list(range(n))          # every sample exactly once across ranks
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics) == 1 and "test_acc" in metrics[0]
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".json" and not p.name.startswith("samples")) == \
+        ["config.json", "metrics.json"]                          # one metrics file, written by rank 0
+    assert json.loads((out / "config.json").read_text())["world_size"] == 2

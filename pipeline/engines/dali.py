@@ -314,6 +314,9 @@ def sampled_params(n: int, policy: AugmentPolicy, seed: int, device="cpu") -> Pa
     return native_draw(n, policy, seed, device)[0]
 
 
+LOADER = DaliLoader
+
+
 def build(data_dir, split, batch_size, *, device, policy, augment, seed, normalize, return_index, **options):
     return DaliLoader(data_dir, split, batch_size, device=device, policy=policy, augment=augment, seed=seed,
                       normalize=normalize, return_index=return_index, **options)

@@ -324,6 +324,9 @@ class FfcvLoader:
             yield (x, labels, idx) if self.return_index else (x, labels)
 
 
+LOADER = FfcvLoader
+
+
 def build(data_dir, split, batch_size, *, device, policy, augment, seed, normalize, return_index, **options):
     try:
         return FfcvLoader(data_dir, split, batch_size, device=device, policy=policy, augment=augment, seed=seed,

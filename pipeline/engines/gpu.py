@@ -69,6 +69,9 @@ class GpuLoader:
             yield (x, self.labels[idx], idx) if self.return_index else (x, self.labels[idx])
 
 
+LOADER = GpuLoader
+
+
 def build(data_dir, split, batch_size, *, device, policy, augment, seed, normalize, return_index, **options):
     return GpuLoader(data_dir, split, batch_size, device=device, policy=policy, augment=augment, seed=seed,
                      normalize=normalize, return_index=return_index, **options)

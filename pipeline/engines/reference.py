@@ -110,6 +110,9 @@ class ReferenceLoader:
             yield (x, y, idx.to(self.device, non_blocking=True)) if self.return_index else (x, y)
 
 
+LOADER = ReferenceLoader
+
+
 def build(data_dir, split, batch_size, *, device, policy, augment, seed, normalize, return_index, **options):
     return ReferenceLoader(data_dir, split, batch_size, device=device, policy=policy, augment=augment,
                            seed=seed, normalize=normalize, return_index=return_index, **options)
