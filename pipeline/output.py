@@ -36,6 +36,12 @@ class Normalizer:
         x = images.to(dtype=torch.float32, memory_format=torch.channels_last)
         return x.sub_(self.mean).mul_(self.inv_std)
 
+    def pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """float32 (N, 3, H, W) holding whole pixel values (what ``pipeline.ops.apply`` returns) -> the contract."""
+        if not self.normalize:
+            return x.to(torch.uint8)
+        return (x - self.mean).mul_(self.inv_std)
+
 
 def epoch_seed(seed: int, epoch: int, *more: int) -> int:
     """A 63-bit seed for (seed, epoch, ...), independent of how work is spread over workers."""

@@ -126,6 +126,16 @@ def test_evaluate_reports_and_refuses_bad_checkpoints(mini_dir, tmp_path):
     assert f"test accuracy: {100 * acc:.2f}%" in ev.stdout      # the same figure train.py measured
     assert (out / "checkpoint-confusion.png").exists() and (out / "checkpoint-misclassified.png").exists()
 
+    released = tmp_path / "weights" / "c1c2c3c4-cifar10.pt"
+    rel = run([sys.executable, "-m", "model.release", "--checkpoint", out / "checkpoint.pt", "--out", released])
+    assert rel.returncode == 0, rel.stderr
+    assert released.stat().st_size < 1_000_000
+    assert "optimizer" not in torch.load(released, weights_only=True)
+    card = json.loads(released.with_suffix(".json").read_text())
+    assert card["test_acc"] == acc and card["parameters"] < 200_000
+    ev2 = run([sys.executable, "-m", "model.evaluate", "--checkpoint", released, "--data-dir", mini_dir])
+    assert f"test accuracy: {100 * acc:.2f}%" in ev2.stdout      # released weights reproduce the figure
+
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes((out / "checkpoint.pt").read_bytes()[:5000])
     other = tmp_path / "other-arch.pt"

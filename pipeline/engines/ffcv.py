@@ -43,7 +43,7 @@ from numba import njit
 
 from pipeline.format import DataError, load_split
 from pipeline.ops import apply
-from pipeline.output import epoch_seed
+from pipeline.output import Normalizer, epoch_seed
 from pipeline.params import Params, dropout_fill, forward_matrix, sample_params, ssr_fill
 from pipeline.policy import AugmentPolicy
 
@@ -296,8 +296,7 @@ class FfcvLoader:
             pipelines={"image": image_ops + [ToTensor()] + to_dev,
                        "label": [IntDecoder(), ToTensor(), Squeeze()] + to_dev,
                        "index": [IntDecoder(), ToTensor(), Squeeze()] + to_dev})
-        self.mean = torch.tensor(policy.mean, device=device).view(1, 3, 1, 1)
-        self.inv_std = 1.0 / torch.tensor(policy.std, device=device).view(1, 3, 1, 1)
+        self.output = Normalizer(policy, device, normalize)
         self._next_epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -314,13 +313,9 @@ class FfcvLoader:
             # FFCV reuses its batch buffers for the batches ahead: copy out what we hand on
             labels, idx = labels.reshape(-1).to(torch.long, copy=True), idx.reshape(-1).to(torch.long, copy=True)
             if self.augment and self.mode == "torch":
-                x = apply(images, sample_params(len(idx), self.policy, gen), self.policy)
+                x = self.output.pixels(apply(images, sample_params(len(idx), self.policy, gen), self.policy))
             else:
-                x = images.permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last)
-            if self.normalize:
-                x = (x - self.mean).mul_(self.inv_std)
-            else:
-                x = x.to(torch.uint8)
+                x = self.output(images if self.normalize else images.clone())   # (the buffer is reused)
             yield (x, labels, idx) if self.return_index else (x, labels)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from pipeline.format import load_split
-from pipeline.output import epoch_seed
+from pipeline.output import Normalizer, epoch_seed
 from pipeline.ops import apply, replay  # noqa: F401  (replay: this engine's entry for the parity harness)
 from pipeline.params import Params, sample_params
 from pipeline.policy import AugmentPolicy
@@ -32,9 +32,7 @@ class GpuLoader:
         self.batch_size, self.drop_last, self.return_index = batch_size, drop_last, return_index
         self.shuffle = split == "train" if shuffle is None else shuffle
         self.rank, self.world = shard
-        self.normalize = normalize
-        self.mean = torch.tensor(policy.mean, device=device).view(1, 3, 1, 1)
-        self.inv_std = 1.0 / torch.tensor(policy.std, device=device).view(1, 3, 1, 1)
+        self.output = Normalizer(policy, device, normalize)
         self.apply = torch.compile(apply, dynamic=False) if compile else apply
         self._next_epoch = 0
 
@@ -59,13 +57,9 @@ class GpuLoader:
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             images = self.images[idx]
             if self.augment:
-                x = self.apply(images, sample_params(len(idx), self.policy, gen), self.policy)
+                x = self.output.pixels(self.apply(images, sample_params(len(idx), self.policy, gen), self.policy))
             else:
-                x = images.permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last)
-            if self.normalize:
-                x = (x - self.mean).mul_(self.inv_std)
-            else:
-                x = x.to(torch.uint8)
+                x = self.output(images)
             yield (x, self.labels[idx], idx) if self.return_index else (x, self.labels[idx])
 
 
