@@ -82,6 +82,9 @@ def main(argv=None) -> int:
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--batch-size", type=int, default=None, help="default 512 (256 with --quick)")
     ap.add_argument("--repeats", type=int, default=3, help="timed loader-only epochs per engine")
+    ap.add_argument("--e2e-batches", type=int, default=None,
+                    help="time end-to-end training on this many batches per engine and scale to an epoch "
+                         "(default: one full epoch; --quick: 4)")
     args = ap.parse_args(argv)
     if args.batch_size is None:
         args.batch_size = 256 if args.quick else 512
@@ -125,7 +128,7 @@ def main(argv=None) -> int:
         "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "engines": {},
     }
-    steps = 3 if args.quick else 30
+    steps = 3 if args.quick else 20
     print(f"[bench] model-only bound ({'quick' if args.quick else 'channels-last x AMP x compile'})", flush=True)
     result["model_bound"] = run_worker([*common, "--engine", "bound", "--bound-steps", str(steps),
                                         "--bound-variants", "quick" if args.quick else "all"], "model-only bound")
@@ -140,8 +143,9 @@ def main(argv=None) -> int:
         for row, options in VARIANTS.get(name, {name: ""}).items():
             print(f"[bench] {row}: loader-only x{repeats}, batch scaling {scaling}, end-to-end", flush=True)
             wargs = [*common, "--engine", name, "--repeats", str(repeats), "--scaling", scaling, "--options", options]
-            if args.quick:
-                wargs += ["--e2e-batches", "4"]
+            e2e_batches = args.e2e_batches or (4 if args.quick else None)
+            if e2e_batches:
+                wargs += ["--e2e-batches", str(e2e_batches)]
             if args.profile:
                 wargs += ["--profile-dir", str(out_dir / "traces" / re.sub(r"[^a-z0-9-]+", "-", row))]
             try:

@@ -69,7 +69,8 @@ def markdown(result: dict) -> str:
                   f"{_fmt(b['epoch_s'], ' s', 2)} per epoch of {r['data']['train']:,} images.", ""]
     est = next((e["end_to_end"].get("estimated_from_batches") for e in r["engines"].values() if e.get("available")), None)
     if est:
-        lines += [f"End-to-end figures are estimated from {est} batches per engine (quick run).", ""]
+        lines += [f"End-to-end figures are timed over {est} batches per engine (after a warm-up) and scaled to "
+                  f"the epoch; the full-epoch measurement is the default.", ""]
     lines += ["## Model-only bound: channels-last, AMP, torch.compile", "",
               "| channels-last | AMP | compile | img/s | epoch s | precision |", "| --- | --- | --- | --- | --- | --- |"]
     for v in r["model_bound"]["variants"]:
