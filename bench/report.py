@@ -98,16 +98,16 @@ def markdown(result: dict) -> str:
 
 
 def console(result: dict) -> str:
-    rows = [f"{'engine':<8}{'loader img/s':>14}{'x torch':>9}{'e2e epoch s':>13}{'e2e/bound':>11}"]
+    rows = [f"{'engine':<12}{'loader img/s':>14}{'x torch':>9}{'e2e epoch s':>13}{'e2e/bound':>11}"]
     for name, e in result["engines"].items():
         if not e.get("available"):
-            rows.append(f"{name:<8}  unavailable: {e['reason']}")
+            rows.append(f"{name:<12}  unavailable: {e['reason']}")
             continue
-        rows.append(f"{name:<8}{e['loader_only']['img_per_s']['mean']:>14,.0f}"
+        rows.append(f"{name:<12}{e['loader_only']['img_per_s']['mean']:>14,.0f}"
                     f"{_fmt(e['speedup_vs_torch'], '', 2):>9}{e['end_to_end']['epoch_s']['mean']:>13.2f}"
                     f"{e['e2e_ratio_to_bound']:>11.3f}")
     b = result["model_bound"]["default"]
-    rows.append(f"{'bound':<8}{b['img_per_s']:>14,.0f}{'':>9}{b['epoch_s']:>13.2f}{1.0:>11.3f}")
+    rows.append(f"{'bound':<12}{b['img_per_s']:>14,.0f}{'':>9}{b['epoch_s']:>13.2f}{1.0:>11.3f}")
     return "\n".join(rows)
 
 
