@@ -135,8 +135,8 @@ def main(argv=None) -> int:
     available = set(available_loaders())
     for name in names:
         if name not in available:
-            from pipeline import _ENGINES, _missing
-            reason = f"needs {', '.join(_missing(_ENGINES[name]))}: {_ENGINES[name].install}"
+            from pipeline import unavailable_reason
+            reason = unavailable_reason(name)
             print(f"[bench] {name}: unavailable ({reason})", flush=True)
             result["engines"][name] = {"available": False, "reason": reason}
             continue

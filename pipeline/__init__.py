@@ -13,7 +13,8 @@ import importlib
 import importlib.util
 from dataclasses import dataclass
 
-__all__ = ["build_loader", "available_loaders", "known_loaders", "LoaderUnavailable"]
+__all__ = ["build_loader", "available_loaders", "known_loaders", "engine_module", "unavailable_reason",
+           "LoaderUnavailable"]
 
 
 class LoaderUnavailable(Exception):
@@ -67,6 +68,25 @@ def _distributed_shard() -> tuple[int, int]:
     return 0, 1
 
 
+def unavailable_reason(name: str) -> str | None:
+    """None if engine ``name`` can run here, else one sentence saying why and what to install."""
+    engine = _ENGINES.get(name)
+    if engine is None:
+        return f"unknown loader {name!r}: choose one of {', '.join(_ENGINES)}."
+    missing = _missing(engine)
+    if missing:
+        return f"the {name!r} loader needs {', '.join(missing)}, which is not installed here: {engine.install}"
+    return None
+
+
+def engine_module(name: str):
+    """The engine's module (imported now), or LoaderUnavailable with the sentence of ``unavailable_reason``."""
+    reason = unavailable_reason(name)
+    if reason:
+        raise LoaderUnavailable(reason)
+    return importlib.import_module(_ENGINES[name].module)
+
+
 def available_loaders() -> list[str]:
     """The engines whose dependencies import on this machine."""
     return [name for name, e in _ENGINES.items() if not _missing(e)]
@@ -80,19 +100,11 @@ def build_loader(name: str, data_dir, split: str, batch_size: int, *, device="cp
     ``normalize=True``: float32 (N, 3, 32, 32) normalized with the meta mean/std, channels-last, on
     ``device``; ``normalize=False``: uint8 pixels. ``policy`` defaults to the project's policy with the
     data's mean/std. The same seed gives the same epoch."""
-    import torch
-
-    from pipeline.format import DataError, read_meta
+    from pipeline.format import read_meta
     from pipeline.output import resolve_device
     from pipeline.policy import AugmentPolicy
 
-    engine = _ENGINES.get(name)
-    if engine is None:
-        raise LoaderUnavailable(f"unknown loader {name!r}: choose one of {', '.join(_ENGINES)}.")
-    missing = _missing(engine)
-    if missing:
-        raise LoaderUnavailable(f"the {name!r} loader needs {', '.join(missing)}, which is not installed "
-                                f"here: {engine.install}")
+    module = engine_module(name)
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}.")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -104,7 +116,6 @@ def build_loader(name: str, data_dir, split: str, batch_size: int, *, device="cp
         raise TypeError("policy must be a pipeline.policy.AugmentPolicy.")
     if "shard" not in options:
         options["shard"] = _distributed_shard()
-    module = importlib.import_module(engine.module)
     accepted = _options_of(module)
     unknown = sorted(set(options) - accepted)
     if unknown:

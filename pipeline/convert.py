@@ -47,13 +47,10 @@ def convert(source: str, out: str | Path, force: bool = False, log=print) -> dic
 
 def write_betons(out) -> None:
     """The FFCV .beton of each split (needs ffcv: the engine module imports it)."""
-    from pipeline import LoaderUnavailable, _ENGINES, _missing
-    missing = _missing(_ENGINES["ffcv"])
-    if missing:
-        raise LoaderUnavailable(f"--beton needs {', '.join(missing)}: {_ENGINES['ffcv'].install}")
-    from pipeline.engines.ffcv import ensure_beton
+    from pipeline import engine_module
+    ffcv = engine_module("ffcv")          # LoaderUnavailable, with the install step, where ffcv is missing
     for split in ("train", "test"):
-        print(f"{split}: {ensure_beton(out, split)}")
+        print(f"{split}: {ffcv.ensure_beton(out, split)}")
 
 
 def _existing_meta(out: Path) -> dict | None:

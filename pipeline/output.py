@@ -47,3 +47,15 @@ def epoch_seed(seed: int, epoch: int, *more: int) -> int:
     """A 63-bit seed for (seed, epoch, ...), independent of how work is spread over workers."""
     return int(np.random.SeedSequence([seed, epoch, *more]).generate_state(2, np.uint32).astype(np.uint64)
                .dot(np.array([1, 1 << 32], dtype=np.uint64)) >> np.uint64(1))
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool, shard: tuple[int, int] = (0, 1)) -> np.ndarray:
+    """The sample order of one epoch on the CPU: a permutation seeded by (seed, epoch) (or 0..n-1), then
+    this rank's shard of it."""
+    if shuffle:
+        import torch
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch))).numpy()
+    else:
+        order = np.arange(n)
+    rank, world = shard
+    return order[rank::world]

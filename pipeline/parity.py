@@ -15,7 +15,6 @@ of mean-filled pixels and the mean augmented image, each within a stated toleran
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
 import sys
 from dataclasses import dataclass, replace
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import albu
+from pipeline import albu, engine_module
 from pipeline.params import Params, dropout_fill, forward_matrix, hole_boxes, sample_params
 from pipeline.policy import AugmentPolicy
 
@@ -46,17 +45,6 @@ class Check:
 
     def row(self) -> str:
         return f"  {'PASS' if self.passed else 'FAIL'}  {self.name:<34} {self.figures}"
-
-
-def engine_module(name: str):
-    import pipeline
-    from pipeline import LoaderUnavailable
-    if name not in pipeline._ENGINES:
-        raise LoaderUnavailable(f"unknown loader {name!r}: choose one of {', '.join(pipeline._ENGINES)}.")
-    missing = pipeline._missing(pipeline._ENGINES[name])
-    if missing:
-        raise LoaderUnavailable(f"the {name!r} loader needs {', '.join(missing)}: {pipeline._ENGINES[name].install}")
-    return importlib.import_module(pipeline._ENGINES[name].module)
 
 
 # ---------------------------------------------------------------------------------------------

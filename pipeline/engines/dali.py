@@ -38,7 +38,7 @@ from nvidia.dali import pipeline_def
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from pipeline.format import load_split
-from pipeline.output import epoch_seed
+from pipeline.output import epoch_order, epoch_seed
 from pipeline.params import Params, dropout_fill, forward_matrix, sample_params, ssr_fill
 from pipeline.policy import AugmentPolicy
 
@@ -175,13 +175,7 @@ class DaliLoader:
         self._next_epoch = epoch
 
     def _order(self, epoch: int) -> np.ndarray:
-        n = len(self.labels)
-        if self.shuffle:
-            g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
-            order = torch.randperm(n, generator=g).numpy()
-        else:
-            order = np.arange(n)
-        order = order[self.rank::self.world]
+        order = epoch_order(len(self.labels), self.seed, epoch, self.shuffle, (self.rank, self.world))
         if self.drop_last:
             order = order[:len(order) // self.batch_size * self.batch_size]
         return order

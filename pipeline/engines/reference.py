@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipeline.albu import build_compose
 from pipeline.format import load_split
-from pipeline.output import Normalizer, epoch_seed
+from pipeline.output import Normalizer, epoch_order, epoch_seed
 from pipeline.policy import AugmentPolicy
 
 
@@ -33,12 +33,7 @@ class _BatchTasks(Sampler):
         self.epoch = 0
 
     def indices(self) -> np.ndarray:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-            order = torch.randperm(self.n, generator=g).numpy()
-        else:
-            order = np.arange(self.n)
-        return order[self.rank::self.world]
+        return epoch_order(self.n, self.seed, self.epoch, self.shuffle, (self.rank, self.world))
 
     def __len__(self) -> int:
         n = len(range(self.rank, self.n, self.world))
