@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model import ARCHS, build_model, count_parameters, receptive_field
+from model import ARCHS, build_model, count_parameters, layout, receptive_field
 from model import training
 from model.checkpoint import CheckpointError, load, model_from_checkpoint, save_atomic
 from model.training import Stepper, precision
@@ -409,7 +409,8 @@ def _train(args, dist, out, ckpt_path, train_loader, test_loader, net, compiled,
                 if k != "epoch":
                     tb.add_scalar(k, v, epoch + 1)
             tb.flush()
-            save_atomic({"model": net.state_dict(), "arch": args.arch, "num_classes": len(meta["classes"]),
+            save_atomic({"model": net.state_dict(), "arch": args.arch, "layout": layout(net),
+                         "num_classes": len(meta["classes"]),
                          "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                          "scaler": step.scaler.state_dict(), "rng": rng_state(), "epoch": epoch + 1,
                          "metrics": metrics, "config": config}, ckpt_path)

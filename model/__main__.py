@@ -24,13 +24,16 @@ def layer_table(net: torch.nn.Module, size: int = 32) -> list[dict]:
     for h in hooks:
         h.remove()
     rows, rf, jump = [], 1, 1
-    bn_params = {name: sum(p.numel() for p in m.parameters())
-                 for name, m in net.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    bn_params, last_conv = {}, None          # a BatchNorm's parameters count with the convolution before it
+    for name, m in net.named_modules():
+        if isinstance(m, torch.nn.Conv2d):
+            last_conv = name
+        elif isinstance(m, torch.nn.BatchNorm2d):
+            bn_params[last_conv] = sum(p.numel() for p in m.parameters())
     for name, conv in conv_layers(net):
         rf += (conv.kernel_size[0] - 1) * conv.dilation[0] * jump
         jump *= conv.stride[0]
-        parent = name.rsplit(".", 1)[0]
-        bn = bn_params.get(f"{parent}.1", 0)   # the BatchNorm that follows it in ConvBN
+        bn = bn_params.get(name, 0)
         kind = "depthwise" if conv.groups == conv.in_channels and conv.groups > 1 else \
             ("pointwise" if conv.kernel_size[0] == 1 else "conv")
         rows.append(dict(layer=name, kind=kind, kernel=conv.kernel_size[0], stride=conv.stride[0],

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from model.net import ARCHS, build_model
+from model.net import ARCHS, build_model, layout
 
 
 class CheckpointError(Exception):
@@ -62,4 +62,9 @@ def model_from_checkpoint(ckpt: dict, path="checkpoint", arch: str | None = None
     except RuntimeError as e:
         raise CheckpointError(f"{path} does not fit the {ckpt['arch']!r} model of this version "
                               f"({str(e).splitlines()[0][:160]}).") from None
+    # shapes first (another arch), then the layout (the same shapes, strides or dilations moved)
+    saved = ckpt.get("layout")
+    if saved is not None and [list(x) for x in saved] != layout(net):
+        raise CheckpointError(f"{path} was trained with another layout of the {ckpt['arch']!r} model (strides or "
+                              f"dilations differ from what this version builds): use the version that wrote it.")
     return net

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from model.checkpoint import CheckpointError, load, model_from_checkpoint, save_atomic
-from model.net import count_parameters, receptive_field
+from model.net import count_parameters, layout, receptive_field
 
 
 def release(checkpoint, out) -> dict:
@@ -27,7 +27,7 @@ def release(checkpoint, out) -> dict:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_atomic({"model": {k: v.clone() for k, v in net.state_dict().items()}, "arch": ckpt["arch"],
-                 "num_classes": ckpt.get("num_classes", 10), "epoch": ckpt.get("epoch"),
+                 "layout": layout(net), "num_classes": ckpt.get("num_classes", 10), "epoch": ckpt.get("epoch"),
                  "metrics": ckpt.get("metrics", []), "config": ckpt.get("config", {})}, out)
     out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     return {"path": str(out), "bytes": out.stat().st_size, **card}
