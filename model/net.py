@@ -28,14 +28,10 @@ ARCHS = ("c1c2c3c4", "dilated")
 
 
 class ConvBN(nn.Sequential):
-    """Conv -> BatchNorm -> ReLU; groups=in_channels makes it depthwise."""
+    """Plain 3x3 convolution (stride 1, same padding) -> BatchNorm -> ReLU: C1's layers."""
 
-    def __init__(self, cin, cout, k=3, stride=1, dilation=1, groups=1, relu=True):
-        pad = dilation * (k - 1) // 2
-        layers = [nn.Conv2d(cin, cout, k, stride, pad, dilation, groups=groups, bias=False), nn.BatchNorm2d(cout)]
-        if relu:
-            layers.append(nn.ReLU(inplace=True))
-        super().__init__(*layers)
+    def __init__(self, cin, cout):
+        super().__init__(nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 class SeparableConv(nn.Sequential):
