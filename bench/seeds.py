@@ -1,0 +1,147 @@
+"""Train the recipe with several seeds and report the mean and spread of the final test accuracy.
+
+    python -m bench.seeds --seeds 0 1 2 --data-dir data/cifar10 [--arch c1c2c3c4] [--epochs 30]
+                          [--runs-dir runs/seeds] [--out bench/results] [-- MORE TRAIN.PY OPTIONS]
+
+Each seed trains with train.py in its own run folder, RUNS_DIR/<arch>-e<epochs>[-<digest of the options
+after '--'>]-seed<N>: a finished run is reused and an interrupted one resumed, so after a crash or Ctrl-C
+the same command carries on. After every seed the report is rewritten (atomically) with the seeds
+finished so far:
+OUT/<date>-<device>-seeds-<arch>.json and .md, one row per seed from its metrics.json, then the mean, the
+sample standard deviation, min and max. One seed says little at the level of a few tenths of a point.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def finished(run: Path, epochs: int) -> list | None:
+    """The run's metrics if it completed `epochs` epochs, else None."""
+    try:
+        metrics = json.loads((run / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return metrics if len(metrics) >= epochs else None
+
+
+def summarize(rows: list[dict]) -> dict:
+    accs = [r["test_acc"] for r in rows]
+    return {"n": len(accs), "mean": statistics.fmean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else None,
+            "min": min(accs), "max": max(accs)}
+
+
+def markdown(report: dict) -> str:
+    s = report["summary"]
+    pct = lambda v: f"{100 * v:.2f}%"                               # noqa: E731
+    lines = [f"# {report['arch']}: {report['epochs']} epochs, {s['n']} seed(s) on {report['device']}", "",
+             f"{report['date']}; `{report['command']}`", "",
+             f"Recipe: {report['recipe']}", "",
+             "| seed | test accuracy | train accuracy (augmented) | time per epoch (median) | run |",
+             "| --- | --- | --- | --- | --- |"]
+    for r in report["runs"]:
+        lines.append(f"| {r['seed']} | {pct(r['test_acc'])} | {pct(r['train_acc'])} | {r['epoch_time_s']:.1f} s "
+                     f"| `{r['run']}` |")
+    spread = f" ± {100 * s['std']:.2f} (sample std)" if s["std"] is not None else " (one seed: no spread)"
+    lines += ["", f"**Mean {pct(s['mean'])}{spread}**, min {pct(s['min'])}, max {pct(s['max'])}.", ""]
+    return "\n".join(lines)
+
+
+def write_report(report: dict, out_dir: Path, stem: str) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for suffix, text in ((".json", json.dumps(report, indent=2) + "\n"), (".md", markdown(report))):
+        path = out_dir / f"{stem}{suffix}"
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return out_dir / f"{stem}.md"
+
+
+def recipe(config: dict) -> str:
+    a = config.get("args", {})
+    keys = ("loader", "batch_size", "lr", "schedule", "nesterov", "weight_decay", "label_smoothing")
+    return ", ".join(f"{k} {a[k]}" for k in keys if k in a) + f"; precision: {config.get('precision', '?')}"
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    own = argv[:argv.index("--")] if "--" in argv else argv
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.seeds",
+        description="Train train.py's default recipe once per seed and report the mean and spread of the final "
+                    "test accuracy (markdown + JSON). Options after '--' go to train.py unchanged.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", required=True, help="one training run per seed")
+    ap.add_argument("--data-dir", required=True, help="converted data (python -m pipeline.convert)")
+    ap.add_argument("--arch", default="c1c2c3c4")
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ap.add_argument("--runs-dir", default="runs/seeds", help="one run folder per seed goes here")
+    ap.add_argument("--out", default="bench/results", help="where the report goes")
+    args = ap.parse_args(own)
+    if len(set(args.seeds)) != len(args.seeds):
+        ap.error("--seeds: each seed once (a repeated seed repeats the same run)")
+    if args.epochs < 1:
+        ap.error("--epochs must be positive")
+    owned = {"--seed", "--out", "--resume", "--epochs", "--arch", "--data-dir", "--device"}
+    clash = [a for a in extra if a.split("=")[0] in owned]
+    if clash:
+        ap.error(f"{clash[0]} is set by bench.seeds itself; give it as an option before '--'")
+
+    from bench.__main__ import device_name
+    import torch
+    device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    desc, slug = device_name(device)
+    stem = f"{dt.date.today().isoformat()}-{slug}-seeds-{args.arch}"
+    report = {"date": dt.datetime.now().isoformat(timespec="seconds"), "device": desc, "arch": args.arch,
+              "epochs": args.epochs, "command": "python -m bench.seeds " + " ".join(argv), "recipe": "", "runs": []}
+
+    # other train.py options make other runs: their folders carry a digest of those options
+    tag = "-" + hashlib.sha1(" ".join(extra).encode()).hexdigest()[:8] if extra else ""
+    for seed in args.seeds:
+        run = Path(args.runs_dir) / f"{args.arch}-e{args.epochs}{tag}-seed{seed}"
+        metrics = finished(run, args.epochs)
+        if metrics is None:
+            cmd = [sys.executable, "train.py", "--data-dir", str(args.data_dir), "--arch", args.arch,
+                   "--epochs", str(args.epochs), "--seed", str(seed), "--device", args.device, "--out", str(run), *extra]
+            if (run / "checkpoint.pt").exists():
+                cmd.append("--resume")
+            print(f"[seeds] seed {seed}: {' '.join(cmd[1:])}", flush=True)
+            try:
+                proc = subprocess.run(cmd, cwd=ROOT)
+            except KeyboardInterrupt:
+                print(f"\n[seeds] interrupted during seed {seed}; run the same command again to resume it.",
+                      file=sys.stderr)
+                return 130
+            metrics = finished(run, args.epochs)
+            if proc.returncode != 0 or metrics is None:
+                print(f"error: seed {seed} failed (train.py exit {proc.returncode}); its output is above, its "
+                      f"folder is {run}.", file=sys.stderr)
+                return 1
+        else:
+            print(f"[seeds] seed {seed}: {run} already finished, reused", flush=True)
+        config = json.loads((run / "config.json").read_text())
+        last = metrics[args.epochs - 1]
+        report["recipe"] = recipe(config)
+        report["runs"].append({"seed": seed, "run": str(run), "test_acc": last["test_acc"],
+                               "train_acc": last["train_acc"],
+                               "epoch_time_s": statistics.median(m["epoch_time_s"] for m in metrics[:args.epochs])})
+        report["summary"] = summarize(report["runs"])
+        md = write_report(report, Path(args.out), stem)
+    print(markdown(report))
+    print(f"[seeds] report: {md} (and .json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""bench.seeds: several seeds of the recipe, mean and spread, reuse of finished runs."""
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+
+def seeds_cmd(*args):
+    return [sys.executable, "-m", "bench.seeds", *map(str, args)]
+
+
+def run(cmd, timeout=600):
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_two_seeds_give_a_mean_and_spread_and_finished_runs_are_reused(mini_dir, tmp_path):
+    cmd = seeds_cmd("--seeds", 0, 1, "--epochs", 1, "--data-dir", mini_dir, "--device", "cpu",
+                    "--runs-dir", tmp_path / "runs", "--out", tmp_path / "out", "--", "--batch-size", 256)
+    proc = run(cmd)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [report_path] = (tmp_path / "out").glob("*-seeds-c1c2c3c4.json")
+    report = json.loads(report_path.read_text())
+    assert [r["seed"] for r in report["runs"]] == [0, 1]
+    metrics = [json.loads((Path(r["run"]) / "metrics.json").read_text()) for r in report["runs"]]
+    accs = [m[0]["test_acc"] for m in metrics]
+    assert [r["test_acc"] for r in report["runs"]] == accs
+    assert report["summary"]["mean"] == pytest.approx(statistics.fmean(accs))
+    assert report["summary"]["std"] == pytest.approx(statistics.stdev(accs))
+    assert metrics[0][0]["train_loss"] != metrics[1][0]["train_loss"], "two seeds trained the same run"
+    config = json.loads((Path(report["runs"][0]["run"]) / "config.json").read_text())
+    assert config["args"]["batch_size"] == 256 and config["args"]["seed"] == 0
+    assert "batch_size 256" in report["recipe"]
+    md = report_path.with_suffix(".md").read_text()
+    assert "| 1 |" in md and "Mean" in md
+
+    again = run(cmd)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("already finished, reused") == 2
+    assert json.loads(report_path.read_text())["summary"] == report["summary"]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("--seeds", 1, 1), "each seed once"),
+    (("--seeds", 1, "--", "--seed", 4), "set by bench.seeds itself"),
+])
+def test_bad_options_are_refused_with_a_sentence(tmp_path, args, fragment):
+    proc = run(seeds_cmd("--data-dir", tmp_path, "--out", tmp_path / "out", *args))
+    assert proc.returncode == 2 and fragment in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
