@@ -99,6 +99,12 @@ def main(argv=None) -> int:
         ap.error(f"{clash[0]} is set by bench.seeds itself; give it as an option before '--'")
 
     from bench.__main__ import device_name
+    from pipeline.format import DataError, read_meta
+    try:
+        read_meta(args.data_dir)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     import torch
     device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
     desc, slug = device_name(device)

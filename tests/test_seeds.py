@@ -52,3 +52,10 @@ def test_bad_options_are_refused_with_a_sentence(tmp_path, args, fragment):
     proc = run(seeds_cmd("--data-dir", tmp_path, "--out", tmp_path / "out", *args))
     assert proc.returncode == 2 and fragment in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_missing_data_is_refused_before_any_training(tmp_path):
+    proc = run(seeds_cmd("--seeds", 0, "--data-dir", tmp_path / "absent", "--runs-dir", tmp_path / "runs",
+                         "--out", tmp_path / "out"))
+    assert proc.returncode == 2 and "convert CIFAR-10 first" in proc.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
