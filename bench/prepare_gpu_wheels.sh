@@ -15,7 +15,7 @@ $PIP download --quiet --no-deps --only-binary=:all: --python-version 3.11 --plat
     --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d wheels/small \
     albumentations==2.0.8 albucore==0.0.24 pydantic pydantic-core typing-inspection annotated-types \
     simsimd stringzilla pyyaml tqdm scipy matplotlib contourpy cycler fonttools kiwisolver pyparsing \
-    python-dateutil six pillow
+    python-dateutil six pillow tensorboard protobuf absl-py
 $PIP download --quiet --no-deps --only-binary=:all: -d wheels/dali nvidia-dali-cuda120==2.4.0
 whl=$(ls wheels/dali/*.whl)
 split -b 60M "$whl" "wheels/dali/$(basename "$whl").part-"
