@@ -98,6 +98,8 @@ def main(argv=None) -> int:
     if clash:
         ap.error(f"{clash[0]} is set by bench.seeds itself; give it as an option before '--'")
 
+    # train.py runs in the project root: hand it absolute paths, whatever folder this was started from
+    args.data_dir, args.runs_dir = Path(args.data_dir).resolve(), Path(args.runs_dir).resolve()
     from bench.__main__ import device_name
     from pipeline.format import DataError, read_meta
     try:
@@ -115,7 +117,7 @@ def main(argv=None) -> int:
     # other train.py options make other runs: their folders carry a digest of those options
     tag = "-" + hashlib.sha1(" ".join(extra).encode()).hexdigest()[:8] if extra else ""
     for seed in args.seeds:
-        run = Path(args.runs_dir) / f"{args.arch}-e{args.epochs}{tag}-seed{seed}"
+        run = args.runs_dir / f"{args.arch}-e{args.epochs}{tag}-seed{seed}"
         metrics = finished(run, args.epochs)
         if metrics is None:
             cmd = [sys.executable, "train.py", "--data-dir", str(args.data_dir), "--arch", args.arch,
