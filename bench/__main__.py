@@ -22,6 +22,14 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {"ffcv": {"ffcv[numba]": "mode=numba", "ffcv[torch]": "mode=torch"}}
 
 
+def choose_device(arg: str) -> str:
+    """'cpu' or 'cuda' for a --device of auto/cpu/cuda; ValueError when cuda is asked for and absent."""
+    import torch
+    if arg == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but this machine has no CUDA GPU.")
+    return "cuda" if arg == "cuda" or (arg == "auto" and torch.cuda.is_available()) else "cpu"
+
+
 def device_name(device: str) -> tuple[str, str]:
     """(description, file-name slug)."""
     import torch
@@ -92,13 +100,10 @@ def main(argv=None) -> int:
         ap.error("--batch-size and --repeats must be positive")
 
     import torch
-    device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda, but this machine has no CUDA GPU.", file=sys.stderr)
-        return 2
     try:
+        device = choose_device(args.device)
         meta = read_meta(args.data_dir)
-    except DataError as e:
+    except (DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     known = list(known_loaders())

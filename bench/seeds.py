@@ -100,16 +100,14 @@ def main(argv=None) -> int:
 
     # train.py runs in the project root: hand it absolute paths, whatever folder this was started from
     args.data_dir, args.runs_dir = Path(args.data_dir).resolve(), Path(args.runs_dir).resolve()
-    from bench.__main__ import device_name
+    from bench.__main__ import choose_device, device_name
     from pipeline.format import DataError, read_meta
     try:
         read_meta(args.data_dir)
-    except DataError as e:
+        desc, slug = device_name(choose_device(args.device))
+    except (DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    import torch
-    device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
-    desc, slug = device_name(device)
     stem = f"{dt.date.today().isoformat()}-{slug}-seeds-{args.arch}"
     report = {"date": dt.datetime.now().isoformat(timespec="seconds"), "device": desc, "arch": args.arch,
               "epochs": args.epochs, "command": "python -m bench.seeds " + " ".join(argv), "recipe": "", "runs": []}
