@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model import ARCHS, build_model, count_parameters, layout, receptive_field
+from model import ARCHS, activation, build_model, count_parameters, layout, receptive_field
 from model import training
 from model.checkpoint import CheckpointError, load, model_from_checkpoint, save_atomic
 from model.training import Stepper, precision
@@ -89,6 +89,9 @@ def parse_args(argv=None):
     ap.add_argument("--gamma", type=positive_float, default=0.1, help="StepLR: decay factor")
     ap.add_argument("--warmup", type=fraction, default=0.25, help="OneCycle: share of steps spent warming up")
     ap.add_argument("--label-smoothing", type=fraction, default=0.1)
+    ap.add_argument("--ema", type=fraction, default=0.0, metavar="DECAY",
+                    help="keep an exponential moving average of the weights (and BatchNorm statistics) with this "
+                         "decay per step, e.g. 0.999, and test and save it instead of the last weights; 0 = off")
     ap.add_argument("--arch", choices=ARCHS, default="c1c2c3c4")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
@@ -190,6 +193,11 @@ def make_optimizer(net, args):
 def make_scheduler(opt, args, steps_per_epoch):
     """Returns (scheduler, steps it per batch?)."""
     if args.schedule == "onecycle":
+        total = args.epochs * steps_per_epoch
+        if args.warmup * total == 1:      # OneCycleLR divides by zero on a warm-up of exactly one step
+            raise ValueError(f"{args.epochs} epoch(s) of {steps_per_epoch} batch(es) with --warmup {args.warmup} "
+                             f"warm up over exactly one step, which OneCycle cannot do: pass another --warmup "
+                             f"or --schedule step.")
         return torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=args.warmup,
             anneal_strategy="linear", div_factor=10.0, final_div_factor=100.0,
@@ -223,10 +231,20 @@ def evaluate(net, loader, device, amp_dtype, dist: "Dist | None" = None) -> tupl
     return loss_sum / n, correct / n
 
 
+def make_ema(net, decay: float):
+    """An averaged copy of ``net`` (parameters and BatchNorm buffers) that update_parameters(net) moves
+    toward net by 1 - decay per call; None when decay is 0."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    return AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def train_one_epoch(step: Stepper, loader, sched, per_batch, epoch, epochs, dist: "Dist | None" = None,
-                    seen: list | None = None):
+                    seen: list | None = None, ema=None, net=None):
     """One epoch; returns (loss, accuracy, seconds, images/s), summed over ranks. ``seen`` collects the
-    sample indices trained on (the loader then yields them)."""
+    sample indices trained on (the loader then yields them); ``ema`` (with the unwrapped ``net``) is
+    updated after every step."""
     from tqdm import tqdm
     step.net.train()
     device = step.device
@@ -242,6 +260,8 @@ def train_one_epoch(step: Stepper, loader, sched, per_batch, epoch, epochs, dist
             if seen is not None:
                 seen.extend(batch[2].tolist())
             loss, out = step(x, y)
+            if ema is not None:
+                ema.update_parameters(net)
             if per_batch:
                 sched.step()
             loss_sum += loss * len(y)
@@ -335,15 +355,24 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
     opt = make_optimizer(net, args)
     sched, per_batch = make_scheduler(opt, args, len(train_loader))
     metrics, start_epoch = [], 0
+    ema = make_ema(net, args.ema)
 
     if args.resume:
         ckpt = load(ckpt_path)
         saved = ckpt["config"]["args"]
-        for key in ("arch", "loader", "batch_size", "epochs", "schedule", "seed", "lr"):
-            if saved[key] != getattr(args, key):
+        for key, before in (("arch", None), ("loader", None), ("batch_size", None), ("epochs", None),
+                            ("schedule", None), ("seed", None), ("lr", None), ("ema", 0.0)):
+            if saved.get(key, before) != getattr(args, key):
                 raise SystemExit(f"error: --resume: the run in {out} used --{key.replace('_', '-')} "
-                                 f"{saved[key]}, not {getattr(args, key)}: pass the same value.")
-        net.load_state_dict(model_from_checkpoint(ckpt, ckpt_path, args.arch).state_dict())
+                                 f"{saved.get(key, before)}, not {getattr(args, key)}: pass the same value.")
+        # "model" holds the weights that are tested and released: the average when --ema is on
+        tested = model_from_checkpoint(ckpt, ckpt_path, args.arch).state_dict()
+        if ema is not None:
+            ema.module.load_state_dict(tested)
+            ema.n_averaged.fill_(ckpt["ema_updates"])
+            net.load_state_dict(ckpt["trained_model"])
+        else:
+            net.load_state_dict(tested)
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         scaler_state = ckpt["scaler"]
@@ -368,7 +397,7 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
               "torch": str(torch.__version__), "world_size": dist.world}
     if not dist.main:
         return _train(args, dist, out, ckpt_path, train_loader, test_loader, net, compiled, opt, sched,
-                      per_batch, step, amp_dtype, metrics, start_epoch, config, meta, tb=None)
+                      per_batch, step, amp_dtype, metrics, start_epoch, config, meta, tb=None, ema=ema)
     write_json(config, out / "config.json")
     print(f"{args.arch}: {count_parameters(net):,} parameters, receptive field {receptive_field(net)}; "
           f"loader {args.loader}, {len(train_loader)} batches of {args.batch_size}; device {device}; "
@@ -379,11 +408,11 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
     from torch.utils.tensorboard import SummaryWriter
     tb = SummaryWriter(str(out / "tb"), purge_step=start_epoch + 1)
     return _train(args, dist, out, ckpt_path, train_loader, test_loader, net, compiled, opt, sched,
-                  per_batch, step, amp_dtype, metrics, start_epoch, config, meta, tb)
+                  per_batch, step, amp_dtype, metrics, start_epoch, config, meta, tb, ema)
 
 
 def _train(args, dist, out, ckpt_path, train_loader, test_loader, net, compiled, opt, sched, per_batch, step,
-           amp_dtype, metrics, start_epoch, config, meta, tb) -> dict:
+           amp_dtype, metrics, start_epoch, config, meta, tb, ema=None) -> dict:
     device = dist.device
     try:
         for epoch in range(start_epoch, args.epochs):
@@ -391,8 +420,9 @@ def _train(args, dist, out, ckpt_path, train_loader, test_loader, net, compiled,
             lr = opt.param_groups[0]["lr"]
             seen = [] if args.log_samples else None
             tr_loss, tr_acc, seconds, img_s = train_one_epoch(step, train_loader, sched, per_batch, epoch,
-                                                              args.epochs, dist, seen)
-            te_loss, te_acc = evaluate(net, test_loader, device, amp_dtype, dist)
+                                                              args.epochs, dist, seen, ema, net)
+            tested = net if ema is None else ema.module
+            te_loss, te_acc = evaluate(tested, test_loader, device, amp_dtype, dist)
             if seen is not None:
                 out.mkdir(parents=True, exist_ok=True)
                 write_json(seen, out / f"samples-epoch{epoch + 1}-rank{dist.rank}.json")
@@ -409,7 +439,10 @@ def _train(args, dist, out, ckpt_path, train_loader, test_loader, net, compiled,
                 if k != "epoch":
                     tb.add_scalar(k, v, epoch + 1)
             tb.flush()
-            save_atomic({"model": net.state_dict(), "arch": args.arch, "layout": layout(net),
+            extra = {} if ema is None else {"trained_model": net.state_dict(),
+                                            "ema_updates": int(ema.n_averaged.item())}
+            save_atomic({"model": tested.state_dict(), "arch": args.arch, "layout": layout(net),
+                         "activation": activation(net), **extra,
                          "num_classes": len(meta["classes"]),
                          "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                          "scaler": step.scaler.state_dict(), "rng": rng_state(), "epoch": epoch + 1,

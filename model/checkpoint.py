@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from model.net import ARCHS, build_model, layout
+from model.net import ARCHS, activation, build_model, layout
 
 
 class CheckpointError(Exception):
@@ -67,4 +67,9 @@ def model_from_checkpoint(ckpt: dict, path="checkpoint", arch: str | None = None
     if saved is not None and [list(x) for x in saved] != layout(net):
         raise CheckpointError(f"{path} was trained with another layout of the {ckpt['arch']!r} model (strides or "
                               f"dilations differ from what this version builds): use the version that wrote it.")
+    # checkpoints from before the field was stored are all ReLU nets
+    saved_act = ckpt.get("activation", "relu")
+    if saved_act != activation(net):
+        raise CheckpointError(f"{path} holds a {ckpt['arch']!r} model with {saved_act} activations, but this version "
+                              f"builds it with {activation(net)}: use the version that wrote it.")
     return net

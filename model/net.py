@@ -26,13 +26,21 @@ import torch
 from torch import nn
 
 ARCHS = ("c1c2c3c4", "dilated")
+# the nonlinearity of every layer; checkpoints store its name and loading compares it, since ReLU and
+# SiLU weights have the same shapes and would otherwise load silently into the other net
+ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU}
+ACTIVATION = "relu"
+
+
+def act() -> nn.Module:
+    return ACTIVATIONS[ACTIVATION](inplace=True)
 
 
 class ConvBN(nn.Sequential):
     """Plain 3x3 convolution (stride 1, same padding) -> BatchNorm -> ReLU: C1's layers."""
 
     def __init__(self, cin, cout):
-        super().__init__(nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+        super().__init__(nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), act())
 
 
 class SeparableConv(nn.Sequential):
@@ -43,7 +51,7 @@ class SeparableConv(nn.Sequential):
         layers = [nn.Conv2d(cin, cin, 3, stride, dilation, dilation, groups=cin, bias=False),
                   nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout)]
         if relu:
-            layers.append(nn.ReLU(inplace=True))
+            layers.append(act())
         super().__init__(*layers)
 
 
@@ -54,7 +62,7 @@ class SeparableResidual(nn.Module):
         super().__init__()
         self.body = nn.Sequential(SeparableConv(channels, channels, dilation=dilation),
                                   SeparableConv(channels, channels, dilation=dilation, relu=False))
-        self.act = nn.ReLU(inplace=True)
+        self.act = act()
 
     def forward(self, x):
         return self.act(x + self.body(x))
@@ -112,6 +120,14 @@ def layout(net: nn.Module) -> list[list[int]]:
     from one stage to another), so checkpoints store this and loading compares it."""
     return [[c.kernel_size[0], c.stride[0], c.dilation[0], c.groups, c.in_channels, c.out_channels]
             for _, c in conv_layers(net)]
+
+
+def activation(net: nn.Module) -> str:
+    """The name of the net's nonlinearity (one of ACTIVATIONS), as checkpoints store it."""
+    names = {name for m in net.modules() for name, cls in ACTIVATIONS.items() if type(m) is cls}
+    if len(names) != 1:
+        raise ValueError(f"expected one kind of activation in the net, found {sorted(names) or 'none'}")
+    return names.pop()
 
 
 def receptive_field(net: nn.Module) -> int:

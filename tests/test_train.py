@@ -47,8 +47,9 @@ def _weights(path):
     return torch.load(path, weights_only=True)["model"]
 
 
-def test_a_killed_run_resumes_to_the_same_weights(mini_dir, tmp_path):
-    common = ("--data-dir", mini_dir, "--epochs", 2, "--seed", 3)
+@pytest.mark.parametrize("ema", [0, 0.9])
+def test_a_killed_run_resumes_to_the_same_weights(mini_dir, tmp_path, ema):
+    common = ("--data-dir", mini_dir, "--epochs", 2, "--seed", 3, "--ema", ema)
     straight = tmp_path / "straight"
     assert run(train_cmd(*common, "--out", straight)).returncode == 0
 
@@ -73,6 +74,50 @@ def test_a_killed_run_resumes_to_the_same_weights(mini_dir, tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert len(json.loads((killed / "metrics.json").read_text())) == 2
+    ckpt = torch.load(killed / "checkpoint.pt", weights_only=True)
+    if ema:      # the average is what is tested and saved as "model"; the trained weights resume training
+        trained = torch.load(straight / "checkpoint.pt", weights_only=True)["trained_model"]
+        assert all(torch.equal(trained[k], ckpt["trained_model"][k]) for k in trained)
+        assert not torch.equal(trained["fc.weight"], ckpt["model"]["fc.weight"])
+        assert ckpt["ema_updates"] == 2 * math.ceil(ckpt["config"]["data"]["counts"]["train"] / 128)
+    else:
+        assert "trained_model" not in ckpt
+    other = run(train_cmd(*common[:-1], 0.5 if ema else 0.9, "--out", killed, "--resume"))
+    assert other.returncode != 0 and f"--ema {float(ema)}" in other.stderr
+
+
+def test_ema_averages_the_weights_after_every_step():
+    import train
+    from model import build_model
+    from model.training import Stepper
+    torch.manual_seed(0)
+    net = build_model()
+    args = train.parse_args(["--epochs", "1", "--ema", "0.8"])
+    opt = train.make_optimizer(net, args)
+    sched, per_batch = train.make_scheduler(opt, args, 8)
+    snapshots = []
+
+    class Recording(Stepper):
+        def __call__(self, x, y):
+            result = super().__call__(x, y)
+            snapshots.append({k: v.detach().clone() for k, v in net.state_dict().items()})
+            return result
+
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(8)]
+    ema = train.make_ema(net, args.ema)
+    train.train_one_epoch(Recording(net, opt, torch.device("cpu"), None, 0.1), batches, sched, per_batch, 0, 1,
+                          ema=ema, net=net)
+    expected = {k: v.float() for k, v in snapshots[0].items()}       # the first update copies the weights
+    for snap in snapshots[1:]:
+        expected = {k: 0.8 * expected[k] + 0.2 * snap[k].float() for k in expected}
+    got = ema.module.state_dict()
+    for k in ("c1.0.0.weight", "fc.bias", "c4.1.body.1.2.running_mean"):
+        assert torch.allclose(got[k].float(), expected[k], atol=1e-6), k
+    assert not torch.allclose(got["fc.bias"], snapshots[-1]["fc.bias"])   # an average, not the last weights
+    assert train.make_ema(net, 0.0) is None
+    with pytest.raises(ValueError, match="exactly one step"):          # not a ZeroDivisionError from torch
+        train.make_scheduler(opt, args, 4)
 
 
 def test_cpu_amp_path_runs():
@@ -148,8 +193,14 @@ def test_evaluate_reports_and_refuses_bad_checkpoints(mini_dir, tmp_path):
     assert ckpt["layout"] and ckpt["layout"][-1][1] in (1, 2)
     ckpt["layout"][-1][1] = 3 - ckpt["layout"][-1][1]            # a stride moved: every shape still fits
     torch.save(ckpt, moved)
+    swapped = tmp_path / "other-activation.pt"
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["activation"] in ("relu", "silu")
+    ckpt["activation"] = {"relu": "silu", "silu": "relu"}[ckpt["activation"]]   # same shapes, other nonlinearity
+    torch.save(ckpt, swapped)
     for path, fragment in ((corrupt, "not a readable checkpoint"), (other, "does not fit the 'dilated' model"),
                            (moved, "another layout of the 'c1c2c3c4' model"),
+                           (swapped, "activations, but this version builds it with"),
                            (tmp_path / "none.pt", "does not exist")):
         proc = run([sys.executable, "-m", "model.evaluate", "--checkpoint", path, "--data-dir", mini_dir])
         assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
