@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from model import ARCHS, activation, build_model, count_parameters, layout, receptive_field
 from model import training
-from model.checkpoint import CheckpointError, load, model_from_checkpoint, save_atomic
+from model.checkpoint import CheckpointError, load, model_from_checkpoint, save_atomic, write_atomic, write_text_atomic
 from model.training import Stepper, precision
 from pipeline import LoaderUnavailable, build_loader, known_loaders
 from pipeline.format import DataError, read_meta
@@ -297,16 +297,12 @@ def plot_history(metrics: list[dict], path: Path) -> None:
     fig.suptitle(f"last test accuracy {100 * metrics[-1]['test_acc']:.2f}% "
                  f"(best {100 * best['test_acc']:.2f}% at epoch {best['epoch']})")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_json(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def run(args) -> dict:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from model.checkpoint import write_text_atomic
+
 GPU_ENGINES = ("gpu", "dali", "ffcv")
 TARGET_SPEEDUP = 20.0       # GPU engines vs the albumentations DataLoader, loader-only, on a GPU
 TARGET_E2E_RATIO = 1.03     # end-to-end epoch time / model-only bound epoch time
@@ -160,10 +162,7 @@ def charts(result: dict, stem: Path) -> list[Path]:
 def write(result: dict, out_dir: Path, stem_name: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / stem_name
-    json_path = stem.with_suffix(".json")
-    tmp = json_path.with_name("." + json_path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(json_path)
-    md_path = stem.with_suffix(".md")
-    md_path.write_text(markdown(result))
+    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+    write_text_atomic(json_path, json.dumps(result, indent=2) + "\n")
+    write_text_atomic(md_path, markdown(result))
     return [json_path, md_path, *charts(result, stem)]

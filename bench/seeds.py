@@ -16,11 +16,12 @@ import argparse
 import datetime as dt
 import hashlib
 import json
-import os
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from model.checkpoint import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,10 +60,7 @@ def markdown(report: dict) -> str:
 def write_report(report: dict, out_dir: Path, stem: str) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     for suffix, text in ((".json", json.dumps(report, indent=2) + "\n"), (".md", markdown(report))):
-        path = out_dir / f"{stem}{suffix}"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_text_atomic(out_dir / f"{stem}{suffix}", text)
     return out_dir / f"{stem}.md"
 
 

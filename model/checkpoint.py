@@ -1,4 +1,5 @@
-"""Checkpoints: written atomically, read with ``torch.load(weights_only=True)``, checked with a sentence."""
+"""Checkpoints: written atomically, read with ``torch.load(weights_only=True)``, checked with a sentence.
+Also the atomic writer every run file and report goes through (train.py, model.release, bench)."""
 from __future__ import annotations
 
 import os
@@ -15,18 +16,28 @@ class CheckpointError(Exception):
     """A missing, corrupt or incompatible checkpoint. The message is one sentence for the user."""
 
 
-def save_atomic(obj: dict, path: Path) -> None:
-    """torch.save into a temporary file beside ``path``, fsync, then rename: never half a checkpoint."""
+def write_atomic(path, write) -> None:
+    """``write(f)`` into a temporary file beside ``path`` (opened "wb"), fsync, then rename over ``path``:
+    after a crash or Ctrl-C the old file or the new one is there, never half of one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path, text: str) -> None:
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    """torch.save, atomically: never half a checkpoint."""
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def load(path, map_location="cpu") -> dict:

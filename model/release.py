@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from model.checkpoint import CheckpointError, load, model_from_checkpoint, save_atomic
+from model.checkpoint import CheckpointError, load, model_from_checkpoint, save_atomic, write_text_atomic
 from model.net import activation, count_parameters, layout, receptive_field
 
 
@@ -29,7 +29,7 @@ def release(checkpoint, out) -> dict:
     save_atomic({"model": {k: v.clone() for k, v in net.state_dict().items()}, "arch": ckpt["arch"],
                  "layout": layout(net), "activation": activation(net), "num_classes": ckpt.get("num_classes", 10), "epoch": ckpt.get("epoch"),
                  "metrics": ckpt.get("metrics", []), "config": ckpt.get("config", {})}, out)
-    out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    write_text_atomic(out.with_suffix(".json"), json.dumps(card, indent=2) + "\n")
     return {"path": str(out), "bytes": out.stat().st_size, **card}
 
 

@@ -89,3 +89,21 @@ def test_layer_table_cli(arch):
     body = [ln for ln in lines[2:-2]]
     assert sum(int(ln.split()[-3].replace(",", "")) for ln in body) == count_parameters(net)
     assert body[-1].split()[-2] == str(receptive_field(net))
+
+
+def test_an_interrupted_write_leaves_the_old_file(tmp_path):
+    from model.checkpoint import save_atomic, write_atomic, write_text_atomic
+    path = tmp_path / "metrics.json"
+    write_text_atomic(path, "old\n")
+
+    def half_then_ctrl_c(f):
+        f.write(b"ne")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(path, half_then_ctrl_c)
+    assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+    write_text_atomic(path, "new\n")
+    assert path.read_text() == "new\n"
+    save_atomic({"w": torch.ones(2)}, tmp_path / "c.pt")
+    assert torch.equal(torch.load(tmp_path / "c.pt", weights_only=True)["w"], torch.ones(2))
