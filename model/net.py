@@ -9,7 +9,8 @@
 arch="c1c2c3c4" downsamples twice with stride-2 depthwise convolutions, at C2 and at C4; C3 grows the
 receptive field by dilation 2 at 16x16 instead of a stride. Under this policy the net underfits (see
 README, Accuracy), so compute at 16x16 buys accuracy that parameters cannot: this layout costs a third
-more time per step than C3 at 8x8 for the same 194,762 parameters, and scored higher.
+more time per step than C3 at 8x8 for the same 194,762 parameters, and scored 0.3 points higher (one
+run each; C4 at 16x16 as well did not score higher again).
 arch="dilated" has no strided convolution at all: every block stays at 32x32 and the receptive field
 grows through dilations 2, 4 and 8 instead (more compute for the same parameters).
 
