@@ -233,11 +233,23 @@ def evaluate(net, loader, device, amp_dtype, dist: "Dist | None" = None) -> tupl
 
 def make_ema(net, decay: float):
     """An averaged copy of ``net`` (parameters and BatchNorm buffers) that update_parameters(net) moves
-    toward net by 1 - decay per call; None when decay is 0."""
+    toward net by 1 - d per call, d = min(decay, (1 + n) / (10 + n)) after n updates: the decay warms up
+    (as in TensorFlow's and timm's EMA), else at 0.999 the average of the first epochs is mostly the
+    random initial weights and tests at chance. None when decay is 0."""
     if not decay:
         return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-    return AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    from torch.optim.swa_utils import AveragedModel
+
+    @torch.no_grad()
+    def update(averaged, current, n):      # n: a tensor on the device, so no sync per step
+        if not torch.is_floating_point(averaged[0]):           # num_batches_tracked: keep the model's
+            torch._foreach_copy_(averaged, current)
+            return
+        d = torch.clamp((1 + n) / (10 + n), max=decay).to(averaged[0].dtype)
+        torch._foreach_mul_(averaged, d)
+        torch._foreach_add_(averaged, torch._foreach_mul(current, 1 - d))
+
+    return AveragedModel(net, multi_avg_fn=update, use_buffers=True)
 
 
 def train_one_epoch(step: Stepper, loader, sched, per_batch, epoch, epochs, dist: "Dist | None" = None,

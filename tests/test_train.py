@@ -92,7 +92,7 @@ def test_ema_averages_the_weights_after_every_step():
     from model.training import Stepper
     torch.manual_seed(0)
     net = build_model()
-    args = train.parse_args(["--epochs", "1", "--ema", "0.8"])
+    args = train.parse_args(["--epochs", "1", "--ema", "0.3"])
     opt = train.make_optimizer(net, args)
     sched, per_batch = train.make_scheduler(opt, args, 8)
     snapshots = []
@@ -109,11 +109,14 @@ def test_ema_averages_the_weights_after_every_step():
     train.train_one_epoch(Recording(net, opt, torch.device("cpu"), None, 0.1), batches, sched, per_batch, 0, 1,
                           ema=ema, net=net)
     expected = {k: v.float() for k, v in snapshots[0].items()}       # the first update copies the weights
-    for snap in snapshots[1:]:
-        expected = {k: 0.8 * expected[k] + 0.2 * snap[k].float() for k in expected}
+    for n, snap in enumerate(snapshots[1:], start=1):                 # then the decay warms up to 0.3
+        d = min(0.3, (1 + n) / (10 + n))
+        expected = {k: d * expected[k] + (1 - d) * snap[k].float() for k in expected}
+    assert d == 0.3
     got = ema.module.state_dict()
     for k in ("c1.0.0.weight", "fc.bias", "c4.1.body.1.2.running_mean"):
         assert torch.allclose(got[k].float(), expected[k], atol=1e-6), k
+    assert got["c4.1.body.1.2.num_batches_tracked"] == snapshots[-1]["c4.1.body.1.2.num_batches_tracked"]
     assert not torch.allclose(got["fc.bias"], snapshots[-1]["fc.bias"])   # an average, not the last weights
     assert train.make_ema(net, 0.0) is None
     with pytest.raises(ValueError, match="exactly one step"):          # not a ZeroDivisionError from torch
