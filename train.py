@@ -199,7 +199,7 @@ def make_scheduler(opt, args, steps_per_epoch):
                              f"warm up over exactly one step, which OneCycle cannot do: pass another --warmup "
                              f"or --schedule step.")
         return torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=args.warmup,
+            opt, max_lr=args.lr, total_steps=total, pct_start=args.warmup,
             anneal_strategy="linear", div_factor=10.0, final_div_factor=100.0,
             base_momentum=args.momentum, max_momentum=args.momentum), True
     return torch.optim.lr_scheduler.StepLR(opt, step_size=args.step_size, gamma=args.gamma), False
@@ -368,11 +368,11 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
     if args.resume:
         ckpt = load(ckpt_path)
         saved = ckpt["config"]["args"]
-        for key, before in (("arch", None), ("loader", None), ("batch_size", None), ("epochs", None),
-                            ("schedule", None), ("seed", None), ("lr", None), ("ema", 0.0)):
-            if saved.get(key, before) != getattr(args, key):
+        for key in ("arch", "loader", "batch_size", "epochs", "schedule", "seed", "lr", "ema"):
+            before = saved.get(key, 0.0 if key == "ema" else None)    # runs from before --ema had none
+            if before != getattr(args, key):
                 raise SystemExit(f"error: --resume: the run in {out} used --{key.replace('_', '-')} "
-                                 f"{saved.get(key, before)}, not {getattr(args, key)}: pass the same value.")
+                                 f"{before}, not {getattr(args, key)}: pass the same value.")
         # "model" holds the weights that are tested and released: the average when --ema is on
         tested = model_from_checkpoint(ckpt, ckpt_path, args.arch).state_dict()
         if ema is not None:
