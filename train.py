@@ -136,6 +136,7 @@ class Dist:
         self.device = torch.device(f"cuda:{self.local_rank}" if want_cuda else "cpu")
         if want_cuda:
             torch.cuda.set_device(self.device)
+            torch.backends.cudnn.benchmark = True   # fixed input shapes: let cuDNN time its kernels once
         if self.enabled:
             import torch.distributed as dist
             dist.init_process_group("nccl" if want_cuda else "gloo")

@@ -19,6 +19,7 @@ import json
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from model.checkpoint import write_text_atomic
@@ -33,6 +34,21 @@ def finished(run: Path, epochs: int) -> list | None:
     except (OSError, ValueError):
         return None
     return metrics if len(metrics) >= epochs else None
+
+
+def row(seed: int, run: Path, metrics: list, epochs: int) -> dict:
+    last = metrics[epochs - 1]
+    return {"seed": seed, "run": str(run), "test_acc": last["test_acc"], "train_acc": last["train_acc"],
+            "epoch_time_s": statistics.median(m["epoch_time_s"] for m in metrics[:epochs])}
+
+
+def wait_any(running: dict) -> int:
+    """The key of the first of the running processes to exit (polls: subprocess has no wait-for-any)."""
+    while True:
+        for key, (proc, _) in running.items():
+            if proc.poll() is not None:
+                return key
+        time.sleep(0.5)
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -86,11 +102,16 @@ def main(argv=None) -> int:
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--runs-dir", default="runs/seeds", help="one run folder per seed goes here")
     ap.add_argument("--out", default="bench/results", help="where the report goes")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="train this many seeds side by side, each logging to RUNS_DIR/<run>.log: on a GPU one "
+                         "run of this small net is bound by kernel launches and leaves the card mostly idle")
     args = ap.parse_args(own)
     if len(set(args.seeds)) != len(args.seeds):
         ap.error("--seeds: each seed once (a repeated seed repeats the same run)")
     if args.epochs < 1:
         ap.error("--epochs must be positive")
+    if args.jobs < 1:
+        ap.error("--jobs must be positive")
     owned = {"--seed", "--out", "--resume", "--epochs", "--arch", "--data-dir", "--device"}
     clash = [a for a in extra if a.split("=")[0] in owned]
     if clash:
@@ -106,45 +127,78 @@ def main(argv=None) -> int:
     except (DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    stem = f"{dt.date.today().isoformat()}-{slug}-seeds-{args.arch}"
     report = {"date": dt.datetime.now().isoformat(timespec="seconds"), "device": desc, "arch": args.arch,
               "epochs": args.epochs, "command": "python -m bench.seeds " + " ".join(argv), "recipe": "", "runs": []}
 
-    # other train.py options make other runs: their folders carry a digest of those options
+    # other train.py options make other runs: their folders (and report) carry a digest of those options
     tag = "-" + hashlib.sha1(" ".join(extra).encode()).hexdigest()[:8] if extra else ""
-    for seed in args.seeds:
-        run = args.runs_dir / f"{args.arch}-e{args.epochs}{tag}-seed{seed}"
+    stem = f"{dt.date.today().isoformat()}-{slug}-seeds-{args.arch}{tag}"
+    runs = {seed: args.runs_dir / f"{args.arch}-e{args.epochs}{tag}-seed{seed}" for seed in args.seeds}
+    done: dict[int, list] = {}
+    todo = []
+    for seed, run in runs.items():
         metrics = finished(run, args.epochs)
         if metrics is None:
-            cmd = [sys.executable, "train.py", "--data-dir", str(args.data_dir), "--arch", args.arch,
-                   "--epochs", str(args.epochs), "--seed", str(seed), "--device", args.device, "--out", str(run), *extra]
-            if (run / "checkpoint.pt").exists():
-                cmd.append("--resume")
-            print(f"[seeds] seed {seed}: {' '.join(cmd[1:])}", flush=True)
-            try:
-                proc = subprocess.run(cmd, cwd=ROOT)
-            except KeyboardInterrupt:
-                print(f"\n[seeds] interrupted during seed {seed}; run the same command again to resume it.",
-                      file=sys.stderr)
-                return 130
-            metrics = finished(run, args.epochs)
-            if proc.returncode != 0 or metrics is None:
-                print(f"error: seed {seed} failed (train.py exit {proc.returncode}); its output is above, its "
-                      f"folder is {run}.", file=sys.stderr)
-                return 1
+            todo.append(seed)
         else:
             print(f"[seeds] seed {seed}: {run} already finished, reused", flush=True)
-        config = json.loads((run / "config.json").read_text())
-        last = metrics[args.epochs - 1]
+            done[seed] = metrics
+
+    def add(seed: int, metrics: list) -> Path:
+        done[seed] = metrics
+        config = json.loads((runs[seed] / "config.json").read_text())
         report["recipe"] = recipe(config)
-        report["runs"].append({"seed": seed, "run": str(run), "test_acc": last["test_acc"],
-                               "train_acc": last["train_acc"],
-                               "epoch_time_s": statistics.median(m["epoch_time_s"] for m in metrics[:args.epochs])})
+        report["runs"] = [row(s, runs[s], done[s], args.epochs) for s in sorted(done)]
         report["summary"] = summarize(report["runs"])
-        md = write_report(report, Path(args.out), stem)
-    print(markdown(report))
-    print(f"[seeds] report: {md} (and .json)")
-    return 0
+        return write_report(report, Path(args.out), stem)
+
+    md = None
+    for seed in sorted(done):
+        md = add(seed, done[seed])
+    running: dict[int, tuple] = {}        # seed -> (process, log file or None)
+    failed: list[int] = []
+    try:
+        while todo or running:
+            while todo and len(running) < args.jobs:
+                seed = todo.pop(0)
+                run = runs[seed]
+                cmd = [sys.executable, "train.py", "--data-dir", str(args.data_dir), "--arch", args.arch,
+                       "--epochs", str(args.epochs), "--seed", str(seed), "--device", args.device, "--out", str(run),
+                       *extra]
+                if (run / "checkpoint.pt").exists():
+                    cmd.append("--resume")
+                log = None
+                if args.jobs > 1:       # side by side, each run's progress goes to its own log
+                    args.runs_dir.mkdir(parents=True, exist_ok=True)
+                    log = open(args.runs_dir / f"{run.name}.log", "a")
+                print(f"[seeds] seed {seed}: {' '.join(cmd[1:])}" + (f"  (log: {log.name})" if log else ""), flush=True)
+                running[seed] = (subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT if log else None),
+                                 log)
+            seed = wait_any(running)
+            proc, log = running.pop(seed)
+            if log is not None:
+                log.close()
+            metrics = finished(runs[seed], args.epochs)
+            if proc.returncode != 0 or metrics is None:
+                where = f"its log is {log.name}" if log else "its output is above"
+                print(f"error: seed {seed} failed (train.py exit {proc.returncode}); {where}, its folder is "
+                      f"{runs[seed]}.", file=sys.stderr)
+                failed.append(seed)
+                todo.clear()        # start no more; those running finish and are reported
+                continue
+            print(f"[seeds] seed {seed}: test accuracy {100 * metrics[args.epochs - 1]['test_acc']:.2f}%", flush=True)
+            md = add(seed, metrics)
+    except KeyboardInterrupt:
+        for p, _ in running.values():
+            p.terminate()
+        for p, _ in running.values():
+            p.wait()
+        print("\n[seeds] interrupted; run the same command again to resume the unfinished seeds.", file=sys.stderr)
+        return 130
+    if done:
+        print(markdown(report))
+        print(f"[seeds] report: {md} (and .json)")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -18,12 +18,15 @@ def run(cmd, timeout=600):
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
-def test_two_seeds_give_a_mean_and_spread_and_finished_runs_are_reused(mini_dir, tmp_path):
-    cmd = seeds_cmd("--seeds", 0, 1, "--epochs", 1, "--data-dir", mini_dir, "--device", "cpu",
+def test_two_seeds_side_by_side_give_a_mean_and_spread_and_finished_runs_are_reused(mini_dir, tmp_path):
+    cmd = seeds_cmd("--seeds", 0, 1, "--epochs", 1, "--data-dir", mini_dir, "--device", "cpu", "--jobs", 2,
                     "--runs-dir", tmp_path / "runs", "--out", tmp_path / "out", "--", "--batch-size", 256)
     proc = run(cmd)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    [report_path] = (tmp_path / "out").glob("*-seeds-c1c2c3c4.json")
+    logs = sorted((tmp_path / "runs").glob("*.log"))
+    assert len(logs) == 2 and all("epoch   1/1" in log.read_text() for log in logs), "each run logs to its own file"
+    # other train.py options make another report, beside that of the default recipe
+    [report_path] = (tmp_path / "out").glob("*-seeds-c1c2c3c4-*.json")
     report = json.loads(report_path.read_text())
     assert [r["seed"] for r in report["runs"]] == [0, 1]
     metrics = [json.loads((Path(r["run"]) / "metrics.json").read_text()) for r in report["runs"]]
