@@ -43,3 +43,23 @@ def test_cli_reports_and_draws(mini_dir, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "pipeline.parity", "--loader", "nope", "--data-dir", mini_dir],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown loader" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("spread", [2.0, 40.0])
+def test_the_mean_image_check_counts_in_standard_errors(spread):
+    """Equal engines score about 1 however much their outputs vary (smooth real pictures or blocky generated
+    ones: a fixed grey-level tolerance failed the latter); a bias of a few standard errors scores far above."""
+    from pipeline.parity import MEAN_IMAGE_Z_TOL, mean_image_difference
+    rng = np.random.default_rng(0)
+    base = rng.integers(60, 190, (3000, 8, 8, 3))
+    ref = np.clip(base + rng.normal(0, spread, base.shape), 0, 255).round().astype(np.uint8)
+    eng = np.clip(base + rng.normal(0, spread, base.shape), 0, 255).round().astype(np.uint8)
+    z, rms, ch = mean_image_difference(eng, ref, chunk=1000)
+    assert 0.8 < z < 1.2 < MEAN_IMAGE_Z_TOL
+    assert rms == pytest.approx(float(np.sqrt(np.mean((eng.mean(0) - ref.mean(0).astype(np.float64)) ** 2))))
+    assert np.allclose(ch, np.abs((eng.astype(float) - ref).mean((0, 1, 2))))
+    se = spread * np.sqrt(2 / len(ref))
+    biased = np.clip(eng.astype(int) + int(np.ceil(8 * se)), 0, 255).astype(np.uint8)
+    z_biased, _, _ = mean_image_difference(biased, ref)
+    assert z_biased > 4 * MEAN_IMAGE_Z_TOL
+    assert mean_image_difference(ref, ref)[0] == 0.0
