@@ -123,31 +123,41 @@ def end_to_end(name, data_dir, batch_size, device, amp, epochs, max_batches, pro
         step(x, y)
         if b >= 4:
             break
-    seconds, rates, top_ops = [], [], None
-    for e in range(epochs):
+    seconds, rates = [], []
+    for e in range(epochs):                     # timed without the profiler: it slows every step it sees
         loader.set_epoch(e + 1)
-        prof = _profiler(profile_dir, device) if (profile_dir and e == 0) else None
         sync(device)
         start = time.perf_counter()
         n = 0
-        if prof:
-            prof.start()
         for b, (x, y) in enumerate(loader):
             step(x, y)
             n += len(y)
-            if prof:
-                prof.step()
             if max_batches is not None and b + 1 >= max_batches:
                 break
         sync(device)
         s = time.perf_counter() - start
-        if prof:
-            prof.stop()
-            top_ops = _top_ops(prof, device)
         seconds.append(s)
         rates.append(n / s)
+    top_ops = profile_steps(loader, step, device, profile_dir, epochs + 1) if profile_dir else None
     return {"img_per_s": stats(rates), "measured_images": n, "precision": note, "top_ops": top_ops,
             "measured_s": stats(seconds)}
+
+
+def profile_steps(loader, step, device, profile_dir, epoch) -> list[dict]:
+    """A trace of a few end-to-end steps (for TensorBoard), after and apart from the timed epochs."""
+    prof = _profiler(profile_dir, device)
+    loader.set_epoch(epoch)
+    with prof:
+        for b, (x, y) in enumerate(loader):
+            step(x, y)
+            prof.step()
+            if b + 1 >= PROFILED_STEPS:
+                break
+        sync(device)
+    return _top_ops(prof, device)
+
+
+PROFILED_STEPS = 6        # the schedule below: wait 1, warm up 1, record 4
 
 
 def _profiler(profile_dir, device):
@@ -187,6 +197,7 @@ def main(argv=None) -> int:
     train_size = read_meta(args.data_dir)["counts"]["train"]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        torch.backends.cudnn.benchmark = True       # as train.py: fixed shapes, cuDNN times its kernels once
     if args.engine == "bound":
         variants = []
         configs = [(True, args.amp, False), (False, args.amp, False)]
