@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # The accuracy study on a GPU in one device call: converts the full-size stand-in, then trains, side by side
-# (one run of this small net is bound by kernel launches and leaves the card mostly idle), several seeds of
-# the default recipe, several with --ema 0.999, and the dilated arch (python -m bench.seeds --jobs); while
-# they train it runs the CUDA tests and the parity check of the gpu engine; if time is left once they finish,
-# the loader benchmark of the gpu and torch engines. Everything goes into two archives in $OUT (a device call
+# (one run of this small net is bound by kernel launches and leaves the card mostly idle), every seed of every
+# recipe in RECIPES (python -m bench.seeds --jobs, one report per recipe); while they train it runs the CUDA
+# tests and the parity check of the gpu engine; if time is left once they finish, the loader benchmark of
+# the gpu and torch engines. Everything goes into two archives in $OUT (a device call
 # returns at most 8 files): gpu-accuracy.tgz (seed reports, metrics, configs, plots, logs, test and parity
 # output, benchmark) and checkpoints-<recipe>.tgz (each run's checkpoint, for python -m model.release).
 #
-#   BUDGET=480 bash bench/gpu_accuracy.sh      stop the runs after 480 s and pack what finished (0: no limit)
-#   EPOCHS=1 DATA=data/mini SEEDS="0 1" EMA_SEEDS=0 DILATED_SEEDS=0 bash bench/gpu_accuracy.sh   (a quick check)
+#   BUDGET=560 bash bench/gpu_accuracy.sh      stop the runs after 560 s and pack what finished (0: no limit)
+#   RECIPES='ls0|c1c2c3c4|0 1 2|--label-smoothing 0' bash bench/gpu_accuracy.sh     other recipes: one per
+#       line, name|arch|seeds|train.py options. On an H200, 8 runs side by side took 16 s per epoch each
+#       (30 epochs in about 8 minutes); resumed runs carry on where they stopped.
+#   EPOCHS=1 DATA=data/mini RECIPES='default|c1c2c3c4|0 1|' bash bench/gpu_accuracy.sh   (a quick check on a CPU)
 #
 # The gpu loader and train.py need only what the GPU machine has (torch, numpy, tqdm, matplotlib,
 # tensorboard); the tests, the parity check and the torch engine need albumentations: carry wheels/small
@@ -18,9 +21,9 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-bench/results}
 EPOCHS=${EPOCHS:-30}
-SEEDS=${SEEDS:-0 1 2 3 4}
-EMA_SEEDS=${EMA_SEEDS:-0 1 2}
-DILATED_SEEDS=${DILATED_SEEDS:-0}
+RECIPES=${RECIPES:-"default|c1c2c3c4|0 1 2 3|
+ema|c1c2c3c4|0 1 2|--ema 0.999
+dilated|dilated|0|"}
 DATA=${DATA:-data/cifar10}
 BUDGET=${BUDGET:-0}
 DEPS=${DEPS:-/tmp/cifarflow-deps}
@@ -46,6 +49,8 @@ for m in ("albumentations", "tqdm", "matplotlib", "tensorboard"):
 PYEOF
 HAVE_ALBU=0
 $PY -c "import albumentations" 2>/dev/null && HAVE_ALBU=1
+DEVICE=cpu
+$PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" && DEVICE=cuda
 
 step "data"
 archive=data/cifar10-jpeg.tar.gz
@@ -65,15 +70,18 @@ group() {   # name, arch, seeds, train.py options...
     echo "$name: pid $! seeds $seeds $*"
 }
 pids=()
-group default c1c2c3c4 "$SEEDS"; pids+=($!)
-[ -n "$EMA_SEEDS" ] && { group ema c1c2c3c4 "$EMA_SEEDS" --ema 0.999; pids+=($!); }
-[ -n "$DILATED_SEEDS" ] && { group dilated dilated "$DILATED_SEEDS"; pids+=($!); }
+while IFS='|' read -r name arch seeds opts; do
+    [ -n "$name" ] || continue
+    # shellcheck disable=SC2086
+    group "$name" "$arch" "$seeds" $opts; pids+=($!)
+done <<< "$RECIPES"
 
 if [ "$HAVE_ALBU" = 1 ]; then
-    step "CUDA tests and parity of the gpu engine (beside the training)"
-    timeout 150 $PY -m pytest -q -rs -p no:cacheprovider tests/test_gpu_engine.py -k cuda 2>&1 | tee "$WORK/pytest-cuda.txt" | tail -n 5
-    timeout 120 $PY -m pipeline.parity --loader gpu --device cuda --data-dir "$DATA" --out "$WORK/parity" \
-        > "$WORK/parity-gpu-cuda.txt" 2>&1; tail -n 8 "$WORK/parity-gpu-cuda.txt"
+    step "tests and parity of the gpu engine on $DEVICE (beside the training)"
+    timeout 150 $PY -m pytest -q -rs -p no:cacheprovider tests/test_gpu_engine.py -k "$DEVICE" 2>&1 \
+        | tee "$WORK/pytest-$DEVICE.txt" | tail -n 5
+    timeout 120 $PY -m pipeline.parity --loader gpu --device "$DEVICE" --data-dir "$DATA" --out "$WORK/parity" \
+        > "$WORK/parity-gpu-$DEVICE.txt" 2>&1; tail -n 8 "$WORK/parity-gpu-$DEVICE.txt"
 fi
 
 step "waiting for the runs"

@@ -11,12 +11,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PIP=${PIP:-.venv/bin/python -m pip}
 rm -rf wheels && mkdir -p wheels/small wheels/dali
-$PIP download --quiet --no-deps --only-binary=:all: --python-version 3.11 --platform manylinux2014_x86_64 \
-    --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d wheels/small \
-    albumentations==2.0.8 albucore==0.0.24 pydantic pydantic-core typing-inspection annotated-types \
-    simsimd stringzilla pyyaml tqdm scipy matplotlib contourpy cycler fonttools kiwisolver pyparsing \
-    python-dateutil six pillow tensorboard protobuf absl-py
-$PIP download --quiet --no-deps --only-binary=:all: -d wheels/dali nvidia-dali-cuda120==2.4.0
+# the GPU machine's python is 3.12 and already has scipy, matplotlib, tqdm, tensorboard, pyyaml, pillow, opencv
+# (/work/.library/device/KINDS.md): only albumentations and its own dependencies travel
+$PIP download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d wheels/small \
+    albumentations==2.0.8 albucore==0.0.24 pydantic==2.14.4 pydantic-core==2.50.5 typing-inspection==0.4.5 \
+    annotated-types==0.8.0 simsimd==6.5.16 stringzilla==5.3.2
+$PIP download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+    -d wheels/dali nvidia-dali-cuda120==2.4.0
 whl=$(ls wheels/dali/*.whl)
 split -b 60M "$whl" "wheels/dali/$(basename "$whl").part-"
 rm "$whl"
