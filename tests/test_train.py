@@ -229,11 +229,12 @@ def test_two_processes_with_gloo_see_every_sample_once(mini_dir, tmp_path):
 
 
 @needs_mini
-def test_released_weights_score_on_real_pictures(mini_dir, tmp_path):
+@pytest.mark.parametrize("name", ["c1c2c3c4", "dilated"])
+def test_released_weights_score_on_real_pictures(mini_dir, tmp_path, name):
     """The committed weights load into this version's model and classify the 1,017 real CIFAR-10 test
     pictures of cifar10-mini about as well as the recorded figure (a model built differently from the
     one that was trained scores near chance)."""
-    weights = ROOT / "weights" / "c1c2c3c4-cifar10.pt"
+    weights = ROOT / "weights" / f"{name}-cifar10.pt"
     card = json.loads(weights.with_suffix(".json").read_text())
     ev = run([sys.executable, "-m", "model.evaluate", "--checkpoint", weights, "--data-dir", mini_dir,
               "--out", tmp_path])
