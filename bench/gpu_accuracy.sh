@@ -65,7 +65,8 @@ step "training, side by side"
 group() {   # name, arch, seeds, train.py options...
     local name=$1 arch=$2 seeds=$3; shift 3
     local n; n=$(echo $seeds | wc -w)
-    $PY -m bench.seeds --seeds $seeds --jobs "$n" --arch "$arch" --epochs "$EPOCHS" --data-dir "$DATA" \
+    # a process group of its own (setsid), so that the budget stops this group's train.py and no other
+    setsid $PY -m bench.seeds --seeds $seeds --jobs "$n" --arch "$arch" --epochs "$EPOCHS" --data-dir "$DATA" \
         --runs-dir "$WORK/runs" --out "$WORK/reports" ${1:+-- "$@"} > "$WORK/seeds-$name.log" 2>&1 &
     echo "$name: pid $! seeds $seeds $*"
 }
@@ -91,7 +92,8 @@ while :; do
     [ "$running" = 0 ] && break
     if [ "$(left)" -le 0 ]; then
         echo "budget spent: stopping the runs (each keeps its last epoch's checkpoint)"
-        pkill -TERM -f "bench.seeds" ; pkill -TERM -f "train.py"; sleep 3
+        for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null; done
+        sleep 3
         break
     fi
     sleep 5

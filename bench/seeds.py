@@ -1,14 +1,15 @@
 """Train the recipe with several seeds and report the mean and spread of the final test accuracy.
 
-    python -m bench.seeds --seeds 0 1 2 --data-dir data/cifar10 [--arch c1c2c3c4] [--epochs 30]
+    python -m bench.seeds --seeds 0 1 2 --data-dir data/cifar10 [--arch c1c2c3c4] [--epochs 30] [--jobs 3]
                           [--runs-dir runs/seeds] [--out bench/results] [-- MORE TRAIN.PY OPTIONS]
 
 Each seed trains with train.py in its own run folder, RUNS_DIR/<arch>-e<epochs>[-<digest of the options
 after '--'>]-seed<N>: a finished run is reused and an interrupted one resumed, so after a crash or Ctrl-C
-the same command carries on. After every seed the report is rewritten (atomically) with the seeds
-finished so far:
-OUT/<date>-<device>-seeds-<arch>.json and .md, one row per seed from its metrics.json, then the mean, the
-sample standard deviation, min and max. One seed says little at the level of a few tenths of a point.
+the same command carries on. ``--jobs N`` trains N seeds side by side, each logging to RUNS_DIR/<run>.log
+(on a GPU one run of this small net leaves the card mostly idle). After every seed the report is rewritten
+(atomically) with the seeds finished so far: OUT/<date>-<device>-seeds-<arch>[-<digest>].json and .md, one
+row per seed from its metrics.json, then the mean, the sample standard deviation, min and max. One seed
+says little at the level of a few tenths of a point.
 """
 from __future__ import annotations
 
