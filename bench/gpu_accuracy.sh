@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # The accuracy study on a GPU in one device call: converts the full-size stand-in, then trains, side by side
-# (one run of this small net is bound by kernel launches and leaves the card mostly idle), every seed of every
-# recipe in RECIPES (python -m bench.seeds --jobs, one report per recipe); while they train it runs the CUDA
-# tests and the parity check of the gpu engine; if time is left once they finish, the loader benchmark of
-# the gpu and torch engines. Everything goes into two archives in $OUT (a device call
-# returns at most 8 files): gpu-accuracy.tgz (seed reports, metrics, configs, plots, logs, test and parity
-# output, benchmark) and checkpoints-<recipe>.tgz (each run's checkpoint, for python -m model.release).
+# (one run of this small net does not fill the card), every seed of every recipe in RECIPES (python -m
+# bench.seeds --jobs, one report per recipe); while they train it runs the CUDA tests and the parity check of
+# the gpu engine; if time is left once they finish, the loader benchmark of the gpu and torch engines.
+# Everything goes into archives in $OUT (a device call returns at most 8 files): gpu-accuracy.tgz (seed
+# reports, metrics, configs, plots, logs, test and parity output, benchmark) and checkpoints-<recipe>.tgz
+# (each run's checkpoint, for python -m model.release).
 #
 #   BUDGET=560 bash bench/gpu_accuracy.sh      stop the runs after 560 s and pack what finished (0: no limit)
 #   RECIPES='ls0|c1c2c3c4|0 1 2|--label-smoothing 0' bash bench/gpu_accuracy.sh     other recipes: one per
-#       line, name|arch|seeds|train.py options. On an H200, 8 runs side by side took 16 s per epoch each
-#       (30 epochs in about 8 minutes); resumed runs carry on where they stopped.
+#       line, name|arch|seeds|train.py options. On an H200, 8 runs side by side took 14-19 s per epoch each
+#       (30 epochs in 7-10 minutes); resumed runs carry on where they stopped.
 #   EPOCHS=1 DATA=data/mini RECIPES='default|c1c2c3c4|0 1|' bash bench/gpu_accuracy.sh   (a quick check on a CPU)
 #
 # The gpu loader and train.py need only what the GPU machine has (torch, numpy, tqdm, matplotlib,
