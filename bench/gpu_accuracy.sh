@@ -42,7 +42,8 @@ fi
 export PYTHONPATH="$DEPS:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 $PY - <<'PYEOF' | tee "$WORK/device.txt"
 import importlib.util, platform, torch, cv2, numpy
-print("python", platform.python_version(), "torch", torch.__version__, "numpy", numpy.__version__, "cv2", cv2.__version__)
+print("python", platform.python_version(), "torch", torch.__version__, "numpy", numpy.__version__,
+      "cv2", cv2.__version__)
 print("cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
 for m in ("albumentations", "tqdm", "matplotlib", "tensorboard"):
     print(m, "ok" if importlib.util.find_spec(m) else "missing")
