@@ -57,7 +57,10 @@ def test_a_killed_run_resumes_to_the_same_weights(mini_dir, tmp_path, ema):
     proc = subprocess.Popen(train_cmd(*common, "--out", killed), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
-    while not (killed / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+    # epoch 1 ends with the checkpoint, then metrics.json: wait for both (killing between the two is a
+    # crash that resume survives, since the checkpoint holds the metrics, but it leaves no metrics.json yet)
+    while not ((killed / "checkpoint.pt").exists() and (killed / "metrics.json").exists()) \
+            and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
