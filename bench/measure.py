@@ -157,13 +157,14 @@ def profile_steps(loader, step, device, profile_dir, epoch) -> list[dict]:
     return _top_ops(prof, device)
 
 
-PROFILED_STEPS = 6        # the schedule below: wait 1, warm up 1, record 4
+PROFILE_SCHEDULE = {"wait": 1, "warmup": 1, "active": 4}
+PROFILED_STEPS = sum(PROFILE_SCHEDULE.values())
 
 
 def _profiler(profile_dir, device):
     from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    return profile(activities=acts, schedule=schedule(wait=1, warmup=1, active=4, repeat=1),
+    return profile(activities=acts, schedule=schedule(**PROFILE_SCHEDULE, repeat=1),
                    on_trace_ready=tensorboard_trace_handler(str(profile_dir)), record_shapes=False)
 
 
