@@ -403,13 +403,15 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
     config = {"args": vars(args), "policy": policy.to_dict(), "data": {k: meta[k] for k in
               ("classes", "counts", "mean", "std", "source")}, "precision": amp_note, "device": str(device),
               "parameters": count_parameters(net), "receptive_field": receptive_field(net),
-              "torch": str(torch.__version__), "world_size": dist.world}
+              "torch": str(torch.__version__), "world_size": dist.world,
+              "threads": torch.get_num_threads() if device.type == "cpu" else None}
     if not dist.main:
         return _train(args, dist, out, ckpt_path, train_loader, test_loader, net, compiled, opt, sched,
                       per_batch, step, amp_dtype, metrics, start_epoch, config, meta, tb=None, ema=ema)
     write_json(config, out / "config.json")
     print(f"{args.arch}: {count_parameters(net):,} parameters, receptive field {receptive_field(net)}; "
-          f"loader {args.loader}, {len(train_loader)} batches of {args.batch_size}; device {device}; "
+          f"loader {args.loader}, {len(train_loader)} batches of {args.batch_size}; device {device}"
+          f"{f' ({threads(torch.get_num_threads())})' if device.type == 'cpu' else ''}; "
           f"{amp_note}; {'channels-last' if args.channels_last else 'contiguous'}"
           f"{'; torch.compile' if args.compile else ''}"
           f"{f'; {dist.world} processes (DistributedDataParallel)' if dist.enabled else ''}")
@@ -418,6 +420,10 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
     tb = SummaryWriter(str(out / "tb"), purge_step=start_epoch + 1)
     return _train(args, dist, out, ckpt_path, train_loader, test_loader, net, compiled, opt, sched,
                   per_batch, step, amp_dtype, metrics, start_epoch, config, meta, tb, ema)
+
+
+def threads(n: int) -> str:
+    return f"{n} thread" + ("s" if n != 1 else "")
 
 
 def _train(args, dist, out, ckpt_path, train_loader, test_loader, net, compiled, opt, sched, per_batch, step,

@@ -1,5 +1,6 @@
 """bench.seeds: several seeds of the recipe, mean and spread, reuse of finished runs."""
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -25,6 +26,11 @@ def test_two_seeds_side_by_side_give_a_mean_and_spread_and_finished_runs_are_reu
     assert proc.returncode == 0, proc.stderr[-2000:]
     logs = sorted((tmp_path / "runs").glob("*.log"))
     assert len(logs) == 2 and all("epoch   1/1" in log.read_text() for log in logs), "each run logs to its own file"
+    # side by side on a CPU, the runs share the cores instead of each taking all of them
+    threads = max(1, (os.cpu_count() or 1) // 2) if "OMP_NUM_THREADS" not in os.environ else None
+    if threads:
+        want = f"device cpu ({threads} thread{'s' if threads > 1 else ''})"
+        assert all(want in log.read_text() for log in logs), want
     # other train.py options make another report, beside that of the default recipe
     [report_path] = (tmp_path / "out").glob("*-seeds-c1c2c3c4-*.json")
     report = json.loads(report_path.read_text())
@@ -62,3 +68,14 @@ def test_missing_data_is_refused_before_any_training(tmp_path):
                          "--out", tmp_path / "out"))
     assert proc.returncode == 2 and "convert CIFAR-10 first" in proc.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
+
+
+def test_runs_side_by_side_on_a_cpu_share_its_cores(monkeypatch):
+    from bench.seeds import child_env
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert child_env("cpu", 2, cores=16)["OMP_NUM_THREADS"] == "8"
+    assert child_env("cpu", 3, cores=2)["OMP_NUM_THREADS"] == "1"
+    assert "OMP_NUM_THREADS" not in child_env("cpu", 1, cores=16)       # one run takes every core
+    assert "OMP_NUM_THREADS" not in child_env("cuda", 4, cores=16)      # GPU runs: torch's own default
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert child_env("cpu", 2, cores=16)["OMP_NUM_THREADS"] == "3"      # the user's setting wins
