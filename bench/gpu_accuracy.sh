@@ -30,16 +30,15 @@ DEPS=${DEPS:-/tmp/cifarflow-deps}
 WORK=${WORK:-runs/gpu-study}          # everything that goes into the archive
 RESERVE=25                            # seconds kept for packing
 mkdir -p "$OUT" "$DEPS" "$WORK"
+# shellcheck source=bench/gpu_common.sh
+source bench/gpu_common.sh
 start=$SECONDS
 left() { if [ "$BUDGET" -gt 0 ]; then echo $(( BUDGET - RESERVE - (SECONDS - start) )); else echo 999999; fi; }
 step() { echo; echo "=== $* ($(( SECONDS - start )) s) ==="; }
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PYTHONUNBUFFERED=1
 
 step "packages and device"
-if ls wheels/small/*.whl >/dev/null 2>&1; then
-    $PY -m pip install --quiet --no-index --no-deps --no-compile --target "$DEPS" wheels/small/*.whl
-fi
-export PYTHONPATH="$DEPS:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+install_wheels "$DEPS"
 $PY - <<'PYEOF' | tee "$WORK/device.txt"
 import importlib.util, platform, torch, cv2, numpy
 print("python", platform.python_version(), "torch", torch.__version__, "numpy", numpy.__version__,
@@ -54,12 +53,7 @@ DEVICE=cpu
 $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" && DEVICE=cuda
 
 step "data"
-archive=data/cifar10-jpeg.tar.gz
-[ -f "$archive" ] || archive=../shared/data/cifar10-jpeg/cifar10-jpeg.tar.gz
-if [ ! -f "$DATA/meta.json" ]; then
-    $PY -m pipeline.convert --source "$archive" --out "$DATA" 2>&1 | tr '\r' '\n' | grep -v "it/s" | tail -n 3
-fi
-[ -f "$DATA/meta.json" ] || { echo "error: no converted data in $DATA"; exit 2; }
+convert_data "$DATA" || exit 2
 
 step "training, side by side"
 # shellcheck disable=SC2086

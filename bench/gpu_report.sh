@@ -11,20 +11,13 @@ PY=${PYTHON:-python3}
 OUT=${OUT:-bench/results}
 DEPS=${DEPS:-/tmp/cifarflow-deps}
 mkdir -p "$OUT" "$DEPS"
+# shellcheck source=bench/gpu_common.sh
+source bench/gpu_common.sh
 
 step() { echo; echo "=== $* ==="; }
 
 step "packages"
-if ls wheels/dali/*.part-* >/dev/null 2>&1; then
-    part=$(ls wheels/dali/*.part-* | head -n1)
-    whl="/tmp/$(basename "${part%.part-*}")"
-    cat wheels/dali/*.part-* > "$whl"
-    $PY -m pip install --quiet --no-deps --target "$DEPS" "$whl"
-fi
-if ls wheels/small/*.whl >/dev/null 2>&1; then
-    $PY -m pip install --quiet --no-deps --target "$DEPS" wheels/small/*.whl
-fi
-export PYTHONPATH="$DEPS:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+install_wheels "$DEPS"
 $PY - <<'PYEOF'
 import torch, importlib.util
 print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
@@ -34,12 +27,10 @@ for m in ("albumentations", "nvidia.dali", "ffcv", "scipy", "matplotlib"):
 PYEOF
 
 step "data"
-archive=data/cifar10-jpeg.tar.gz
-[ -f "$archive" ] || archive=../shared/data/cifar10-jpeg/cifar10-jpeg.tar.gz
-$PY -m pipeline.convert --source "$archive" --out data/cifar10
+convert_data data/cifar10
 mini=../shared/data/cifar10-mini/cifar-10-batches-py
 if [ -d "$mini" ]; then
-    $PY -m pipeline.convert --source "$mini" --out data/mini
+    [ -f data/mini/meta.json ] || $PY -m pipeline.convert --source "$mini" --out data/mini
     PARITY_DATA=data/mini
 else
     PARITY_DATA=data/cifar10

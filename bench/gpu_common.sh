@@ -1,0 +1,35 @@
+# Shared by bench/gpu_report.sh and bench/gpu_accuracy.sh (sourced, not run): installing the carried wheels
+# and converting the carried data archive, the two steps every device call starts with.
+#
+#   install_wheels DEPS     pip-installs (offline, no dependency resolution) wheels/small/*.whl and the DALI
+#                           wheel joined from wheels/dali/*.part-* (bench/prepare_gpu_wheels.sh makes both)
+#                           into the folder DEPS, and puts DEPS and the project on PYTHONPATH
+#   convert_data OUT        converts data/cifar10-jpeg.tar.gz (carried) or ../shared's copy into OUT, unless
+#                           OUT already holds converted data (a rerun on a warm machine)
+# Both use $PY (python3 unless PYTHON is set).
+PY=${PY:-${PYTHON:-python3}}
+
+install_wheels() {
+    local deps=$1
+    mkdir -p "$deps"
+    if ls wheels/dali/*.part-* >/dev/null 2>&1; then
+        local part whl
+        part=$(ls wheels/dali/*.part-* | head -n1)
+        whl="/tmp/$(basename "${part%.part-*}")"
+        cat wheels/dali/*.part-* > "$whl"
+        $PY -m pip install --quiet --no-index --no-deps --no-compile --target "$deps" "$whl" || return 1
+    fi
+    if ls wheels/small/*.whl >/dev/null 2>&1; then
+        $PY -m pip install --quiet --no-index --no-deps --no-compile --target "$deps" wheels/small/*.whl || return 1
+    fi
+    export PYTHONPATH="$deps:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+}
+
+convert_data() {
+    local out=$1 archive=data/cifar10-jpeg.tar.gz
+    [ -f "$archive" ] || archive=../shared/data/cifar10-jpeg/cifar10-jpeg.tar.gz
+    if [ ! -f "$out/meta.json" ]; then
+        $PY -m pipeline.convert --source "$archive" --out "$out" 2>&1 | tr '\r' '\n' | grep -v "it/s" | tail -n 3 || true
+    fi
+    [ -f "$out/meta.json" ] || { echo "error: no converted data in $out (carry data/cifar10-jpeg.tar.gz)"; return 2; }
+}
