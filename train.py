@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model import ARCHS, activation, build_model, count_parameters, layout, receptive_field
+from model import ARCHS, PARAMETER_BUDGET, WIDTHS, activation, build_model, count_parameters, layout, receptive_field
 from model import training
 from model.checkpoint import CheckpointError, load, model_from_checkpoint, save_atomic, write_atomic, write_text_atomic
 from model.training import Stepper, precision
@@ -93,6 +93,10 @@ def parse_args(argv=None):
                     help="keep an exponential moving average of the weights (and BatchNorm statistics) with this "
                          "decay per step, e.g. 0.999, and test and save it instead of the last weights; 0 = off")
     ap.add_argument("--arch", choices=ARCHS, default="c1c2c3c4")
+    ap.add_argument("--widths", type=positive_int, nargs=4, metavar=("C1", "C2", "C3", "C4"),
+                    help="channels of C1's output and of C2, C3, C4 (default: the arch's own, c1c2c3c4 "
+                         f"{' '.join(map(str, WIDTHS['c1c2c3c4']))}, dilated {' '.join(map(str, WIDTHS['dilated']))}); "
+                         f"the model must stay under {PARAMETER_BUDGET:,} parameters")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
                     help="mixed precision: auto = bf16 on CUDA where supported (else fp16 with a GradScaler), "
@@ -109,6 +113,11 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if args.workers is not None and args.workers < 0:
         ap.error("--workers must be >= 0")
+    if args.widths is not None:
+        n = count_parameters(build_model(args.arch, widths=args.widths))
+        if n >= PARAMETER_BUDGET:
+            ap.error(f"--widths {' '.join(map(str, args.widths))} gives the {args.arch} model {n:,} parameters; "
+                     f"it must stay under {PARAMETER_BUDGET:,}: narrow a stage")
     if args.out is None:
         args.out = f"runs/{args.loader}-{args.arch}"
     return args
@@ -358,7 +367,7 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
     test_loader = build_loader(args.loader, args.data_dir, "test", 500, device=device, augment=False,
                                seed=args.seed, policy=policy, **options)
 
-    net = build_model(args.arch, len(meta["classes"])).to(device)
+    net = build_model(args.arch, len(meta["classes"]), args.widths).to(device)
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
     opt = make_optimizer(net, args)
@@ -369,7 +378,7 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
     if args.resume:
         ckpt = load(ckpt_path)
         saved = ckpt["config"]["args"]
-        for key in ("arch", "loader", "batch_size", "epochs", "schedule", "seed", "lr", "ema"):
+        for key in ("arch", "widths", "loader", "batch_size", "epochs", "schedule", "seed", "lr", "ema"):
             before = saved.get(key, 0.0 if key == "ema" else None)    # runs from before --ema had none
             if before != getattr(args, key):
                 raise SystemExit(f"error: --resume: the run in {out} used --{key.replace('_', '-')} "
@@ -409,7 +418,9 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
         return _train(args, dist, out, ckpt_path, train_loader, test_loader, net, compiled, opt, sched,
                       per_batch, step, amp_dtype, metrics, start_epoch, config, meta, tb=None, ema=ema)
     write_json(config, out / "config.json")
-    print(f"{args.arch}: {count_parameters(net):,} parameters, receptive field {receptive_field(net)}; "
+    widths = " (widths " + " ".join(map(str, net.widths)) + ")" if args.widths else ""
+    print(f"{args.arch}{widths}: {count_parameters(net):,} parameters, "
+          f"receptive field {receptive_field(net)}; "
           f"loader {args.loader}, {len(train_loader)} batches of {args.batch_size}; device {device}"
           f"{f' ({threads(torch.get_num_threads())})' if device.type == 'cpu' else ''}; "
           f"{amp_note}; {'channels-last' if args.channels_last else 'contiguous'}"
@@ -456,8 +467,8 @@ def _train(args, dist, out, ckpt_path, train_loader, test_loader, net, compiled,
             tb.flush()
             extra = {} if ema is None else {"trained_model": net.state_dict(),
                                             "ema_updates": int(ema.n_averaged.item())}
-            save_atomic({"model": tested.state_dict(), "arch": args.arch, "layout": layout(net),
-                         "activation": activation(net), **extra,
+            save_atomic({"model": tested.state_dict(), "arch": args.arch, "widths": list(net.widths),
+                         "layout": layout(net), "activation": activation(net), **extra,
                          "num_classes": len(meta["classes"]),
                          "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                          "scaler": step.scaler.state_dict(), "rng": rng_state(), "epoch": epoch + 1,

@@ -52,8 +52,13 @@ def main(argv=None) -> int:
                                  description="Print the model's layers with output size, parameters, "
                                              "receptive field (RF) and jump, as the RF calculation is done by hand.")
     ap.add_argument("--arch", default="c1c2c3c4", choices=ARCHS)
+    ap.add_argument("--widths", type=int, nargs=4, metavar=("C1", "C2", "C3", "C4"),
+                    help="channels of C1's output and of C2, C3, C4 (default: the arch's own), as train.py --widths")
     args = ap.parse_args(argv)
-    net = build_model(args.arch)
+    try:
+        net = build_model(args.arch, widths=args.widths)
+    except ValueError as e:
+        ap.error(str(e))
     rows = layer_table(net)
     head = f"{'layer':<24}{'kind':<11}{'k':>3}{'s':>3}{'d':>3}  {'output':<14}{'params':>8}{'RF':>6}{'jump':>6}"
     print(head)
@@ -63,8 +68,8 @@ def main(argv=None) -> int:
         print(f"{r['layer']:<24}{r['kind']:<11}{r['kernel']!s:>3}{r['stride']!s:>3}{r['dilation']!s:>3}  "
               f"{out:<14}{r['params']:>8,}{r['rf']:>6}{r['jump']:>6}")
     print("-" * len(head))
-    print(f"{args.arch}: {count_parameters(net):,} parameters, receptive field {receptive_field(net)} "
-          f"(no max-pooling; GAP + Linear)")
+    print(f"{args.arch} (widths {' '.join(map(str, net.widths))}): {count_parameters(net):,} parameters, "
+          f"receptive field {receptive_field(net)} (no max-pooling; GAP + Linear)")
     return 0
 
 

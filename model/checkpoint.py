@@ -66,7 +66,10 @@ def model_from_checkpoint(ckpt: dict, path="checkpoint", arch: str | None = None
     if arch is not None and arch != ckpt["arch"]:
         raise CheckpointError(f"{path} holds a {ckpt['arch']!r} model, not {arch!r}: pass --arch {ckpt['arch']} "
                               f"or another checkpoint.")
-    net = build_model(ckpt["arch"], ckpt.get("num_classes", 10))
+    try:    # checkpoints without widths hold the arch's own
+        net = build_model(ckpt["arch"], ckpt.get("num_classes", 10), ckpt.get("widths"))
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path} holds unusable widths: {e}") from None
     state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in ckpt["model"].items()}
     try:
         net.load_state_dict(state)

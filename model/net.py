@@ -27,6 +27,10 @@ import torch
 from torch import nn
 
 ARCHS = ("c1c2c3c4", "dilated")
+# channels of C1's output, C2, C3 and C4 per arch; the dilated arch computes every layer at 32x32, so it is
+# kept narrow (train.py --widths trains others; checkpoints store them)
+WIDTHS = {"c1c2c3c4": (64, 96, 128, 160), "dilated": (32, 48, 64, 96)}
+PARAMETER_BUDGET = 200_000      # the product's model stays under this many parameters
 # the nonlinearity of every layer; checkpoints store its name and loading compares it, since ReLU and
 # SiLU weights have the same shapes and would otherwise load silently into the other net
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU}
@@ -76,8 +80,10 @@ class Net(nn.Module):
         if arch not in ARCHS:
             raise ValueError(f"unknown arch {arch!r}: choose one of {', '.join(ARCHS)}.")
         self.arch = arch
-        # the dilated arch computes every layer at 32x32, so it is kept narrow
-        w1, w2, w3, w4 = widths or ((64, 96, 128, 160) if arch == "c1c2c3c4" else (32, 48, 64, 96))
+        self.widths = tuple(int(w) for w in (widths or WIDTHS[arch]))
+        if len(self.widths) != 4 or min(self.widths) < 1:
+            raise ValueError(f"widths must be four positive channel counts (C1 to C4), not {widths}.")
+        w1, w2, w3, w4 = self.widths
         if arch == "c1c2c3c4":
             strides = (2, 1, 2)                           # 32 -> 16, C3 stays at 16x16, C4 -> 8x8
             dil = (1, 2, 1)                               # C3 (entry and block) is the dilated one
@@ -103,8 +109,9 @@ class Net(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
-def build_model(arch: str = "c1c2c3c4", num_classes: int = 10) -> Net:
-    return Net(arch, num_classes)
+def build_model(arch: str = "c1c2c3c4", num_classes: int = 10, widths=None) -> Net:
+    """The arch's net; ``widths`` (C1 to C4 channels) defaults to the arch's own (WIDTHS)."""
+    return Net(arch, num_classes, widths)
 
 
 def count_parameters(net: nn.Module) -> int:

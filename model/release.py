@@ -21,12 +21,14 @@ def release(checkpoint, out) -> dict:
     ckpt = load(checkpoint)
     net = model_from_checkpoint(ckpt, checkpoint)
     final = ckpt["metrics"][-1] if ckpt.get("metrics") else {}
-    card = {"arch": ckpt["arch"], "activation": activation(net), "parameters": count_parameters(net),
+    card = {"arch": ckpt["arch"], "widths": list(net.widths), "activation": activation(net),
+            "parameters": count_parameters(net),
             "receptive_field": receptive_field(net), "epochs": ckpt.get("epoch"), "test_acc": final.get("test_acc"),
             "metrics": ckpt.get("metrics", []), "config": ckpt.get("config", {})}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_atomic({"model": {k: v.clone() for k, v in net.state_dict().items()}, "arch": ckpt["arch"],
+                 "widths": list(net.widths),
                  "layout": layout(net), "activation": activation(net), "num_classes": ckpt.get("num_classes", 10),
                  "epoch": ckpt.get("epoch"), "metrics": ckpt.get("metrics", []),
                  "config": ckpt.get("config", {})}, out)

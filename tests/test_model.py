@@ -91,6 +91,36 @@ def test_layer_table_cli(arch):
     assert body[-1].split()[-2] == str(receptive_field(net))
 
 
+def test_layer_table_cli_with_other_widths():
+    proc = subprocess.run([sys.executable, "-m", "model", "--arch", "dilated", "--widths", "48", "96", "128", "192"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    net = build_model("dilated", widths=(48, 96, 128, 192))
+    assert net.widths == (48, 96, 128, 192) and count_parameters(net) != count_parameters(build_model("dilated"))
+    assert f"(widths 48 96 128 192): {count_parameters(net):,} parameters" in proc.stdout.splitlines()[-1]
+    bad = subprocess.run([sys.executable, "-m", "model", "--widths", "8", "8", "8", "0"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "four positive channel counts" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_checkpoints_rebuild_the_widths_they_were_trained_with(tmp_path):
+    from model.checkpoint import CheckpointError, model_from_checkpoint
+    from model.net import activation, layout
+    torch.manual_seed(0)
+    net = build_model("dilated", widths=(16, 24, 32, 48)).eval()
+    ckpt = {"model": net.state_dict(), "arch": "dilated", "widths": [16, 24, 32, 48], "layout": layout(net),
+            "activation": activation(net)}
+    back = model_from_checkpoint(ckpt).eval()
+    assert back.widths == (16, 24, 32, 48)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(back(x), net(x))
+    # without the widths the arch's own are built, and the weights do not fit them: a sentence, not a traceback
+    with pytest.raises(CheckpointError, match="does not fit the 'dilated' model"):
+        model_from_checkpoint({k: v for k, v in ckpt.items() if k != "widths"})
+    with pytest.raises(CheckpointError, match="unusable widths"):
+        model_from_checkpoint({**ckpt, "widths": [16, 24, 0, 48]})
+
+
 def test_an_interrupted_write_leaves_the_old_file(tmp_path):
     from model.checkpoint import save_atomic, write_atomic, write_text_atomic
     path = tmp_path / "metrics.json"

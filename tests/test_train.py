@@ -156,6 +156,28 @@ def test_bad_input_gets_a_sentence(mini_dir, tmp_path):
     for bad in (("--batch-size", 0), ("--epochs", -1), ("--lr", "nan"), ("--loader", "keras")):
         proc = run(train_cmd("--data-dir", mini_dir, *bad))
         assert proc.returncode == 2 and "usage:" in proc.stderr and "Traceback" not in proc.stderr, bad
+    wide = run(train_cmd("--data-dir", mini_dir, "--arch", "dilated", "--widths", 64, 96, 128, 192))
+    assert wide.returncode == 2 and "201,930 parameters; it must stay under 200,000" in wide.stderr
+
+
+def test_other_widths_train_release_and_evaluate(mini_dir, tmp_path):
+    out = tmp_path / "run"
+    small = ("--arch", "dilated", "--widths", 8, 16, 16, 24)
+    proc = run(train_cmd("--data-dir", mini_dir, "--epochs", 1, "--batch-size", 256, "--out", out, *small))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "dilated (widths 8 16 16 24):" in proc.stdout
+    assert json.loads((out / "config.json").read_text())["args"]["widths"] == [8, 16, 16, 24]
+    released = tmp_path / "w.pt"
+    assert run([sys.executable, "-m", "model.release", "--checkpoint", out / "checkpoint.pt", "--out", released]
+               ).returncode == 0
+    assert json.loads(released.with_suffix(".json").read_text())["widths"] == [8, 16, 16, 24]
+    acc = json.loads((out / "metrics.json").read_text())[-1]["test_acc"]
+    ev = run([sys.executable, "-m", "model.evaluate", "--checkpoint", released, "--data-dir", mini_dir])
+    assert ev.returncode == 0 and f"test accuracy: {100 * acc:.2f}%" in ev.stdout, ev.stderr[-2000:]
+    # resuming with the arch's own widths would change the model under the run: refused
+    again = run(train_cmd("--data-dir", mini_dir, "--epochs", 1, "--batch-size", 256, "--out", out, "--resume",
+                          "--arch", "dilated"))
+    assert again.returncode != 0 and "--widths" in again.stderr and "Traceback" not in again.stderr
 
 
 def test_unavailable_loader_says_how_to_install(mini_dir, tmp_path, monkeypatch, capsys):
