@@ -92,8 +92,10 @@ def compare(base: dict, other: dict, goal: float) -> list[str]:
             ("other is higher" if w["low"] > 0 else "other is lower")
         lines.append(f"other - baseline: {pts(w['diff'])} points, 95% interval [{pts(w['low'])}, {pts(w['high'])}] "
                      f"(Welch), p = {w['p']:.3f}: {verdict}")
-    pr = paired(base["accs"], other["accs"])
-    if pr is not None:
+    pr = paired(base["accs"], other["accs"]) if base["device"] == other["device"] else None
+    if base["device"] != other["device"]:
+        lines.append("same seeds: not paired, since a seed starts the same run only on the same device.")
+    elif pr is not None:
         p = f", p = {pr['p']:.3f}" if pr["p"] is not None else ""
         lines.append(f"same seeds ({', '.join(map(str, pr['seeds']))}): {pts(pr['diff'])} points, 95% interval "
                      f"[{pts(pr['low'])}, {pts(pr['high'])}] (paired){p}")

@@ -44,7 +44,9 @@ def test_overlapping_recipes_are_called_no_difference_and_clear_ones_a_differenc
     proc = compare_cli(base, close)
     assert proc.returncode == 0, proc.stderr
     assert "no measured difference" in proc.stdout and "different devices" in proc.stdout
-    assert "same seeds (0, 1, 2)" in proc.stdout
+    assert "not paired" in proc.stdout and "same seeds (" not in proc.stdout
+    same_device = report(tmp_path / "b2.json", {0: 0.8799, 1: 0.8790, 2: 0.8812})
+    assert "same seeds (0, 1, 2)" in compare_cli(base, same_device).stdout
     far = report(tmp_path / "c.json", {0: 0.8901, 1: 0.8912, 2: 0.8897})
     proc = compare_cli(base, far, "--goal", 88)
     assert "other is higher" in proc.stdout
