@@ -22,7 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model import ARCHS, PARAMETER_BUDGET, WIDTHS, activation, build_model, count_parameters, layout, receptive_field
+from model import (ARCHS, PARAMETER_BUDGET, WIDTHS, activation, build_model, count_parameters, layout,
+                   receptive_field)
 from model import training
 from model.checkpoint import CheckpointError, load, model_from_checkpoint, save_atomic, write_atomic, write_text_atomic
 from model.training import Stepper, precision
