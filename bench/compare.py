@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -34,30 +33,17 @@ def load_report(path) -> dict:
             "arch": report.get("arch", "?"), "accs": accs}
 
 
-def t_interval(values: list[float], confidence: float = 0.95, one_sided: bool = False):
-    """(mean, half-width) of the t interval of the mean of ``values``; half-width None for one value."""
-    from scipy import stats
-    m = statistics.fmean(values)
-    if len(values) < 2:
-        return m, None
-    q = confidence if one_sided else (1 + confidence) / 2
-    return m, stats.t.ppf(q, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-
-
 def welch(a: list[float], b: list[float]) -> dict | None:
     """Difference of means b - a with Welch's 95% interval and two-sided p-value; None under two seeds each."""
     if len(a) < 2 or len(b) < 2:
         return None
-    from scipy import stats
-    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
     diff = statistics.fmean(b) - statistics.fmean(a)
-    se = math.sqrt(va + vb)
-    if se == 0:
+    if statistics.variance(a) == statistics.variance(b) == 0:       # scipy answers nan without any spread
         return {"diff": diff, "low": diff, "high": diff, "p": 0.0 if diff else 1.0}
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    half = stats.t.ppf(0.975, df) * se
-    p = 2 * stats.t.sf(abs(diff) / se, df)
-    return {"diff": diff, "low": diff - half, "high": diff + half, "p": float(p)}
+    from scipy import stats
+    res = stats.ttest_ind(b, a, equal_var=False)
+    ci = res.confidence_interval(0.95)
+    return {"diff": diff, "low": float(ci.low), "high": float(ci.high), "p": float(res.pvalue)}
 
 
 def paired(a: dict[int, float], b: dict[int, float]) -> dict | None:
@@ -66,10 +52,23 @@ def paired(a: dict[int, float], b: dict[int, float]) -> dict | None:
     if len(seeds) < 2:
         return None
     d = [b[s] - a[s] for s in seeds]
-    m, half = t_interval(d)
+    m = statistics.fmean(d)
+    if statistics.stdev(d) == 0:
+        return {"seeds": seeds, "diff": m, "low": m, "high": m, "p": None}
     from scipy import stats
-    p = float(stats.ttest_rel([b[s] for s in seeds], [a[s] for s in seeds]).pvalue) if statistics.stdev(d) else None
-    return {"seeds": seeds, "diff": m, "low": m - half, "high": m + half, "p": p}
+    res = stats.ttest_rel([b[s] for s in seeds], [a[s] for s in seeds])
+    ci = res.confidence_interval(0.95)
+    return {"seeds": seeds, "diff": m, "low": float(ci.low), "high": float(ci.high), "p": float(res.pvalue)}
+
+
+def lower_bound(values: list[float]) -> float | None:
+    """One-sided 95% lower confidence bound of the mean of ``values``; None for one value."""
+    if len(values) < 2:
+        return None
+    if statistics.stdev(values) == 0:
+        return statistics.fmean(values)
+    from scipy import stats
+    return float(stats.ttest_1samp(values, 0.0, alternative="greater").confidence_interval(0.95).low)
 
 
 def compare(base: dict, other: dict, goal: float) -> list[str]:
@@ -100,11 +99,10 @@ def compare(base: dict, other: dict, goal: float) -> list[str]:
         lines.append(f"same seeds ({', '.join(map(str, pr['seeds']))}): {pts(pr['diff'])} points, 95% interval "
                      f"[{pts(pr['low'])}, {pts(pr['high'])}] (paired){p}")
     for name, r in (("baseline", base), ("other", other)):
-        m, half = t_interval(list(r["accs"].values()), one_sided=True)
-        if half is None:
+        m, low = statistics.fmean(r["accs"].values()), lower_bound(list(r["accs"].values()))
+        if low is None:
             lines.append(f"{name} against the goal {pct(goal)}: one seed, no bound.")
         else:
-            low = m - half
             verdict = ("above the goal with 95% confidence" if low >= goal else
                        "the mean reaches the goal, within its noise" if m >= goal else "the mean is below the goal")
             lines.append(f"{name} against the goal {pct(goal)}: mean {pct(m)}, one-sided 95% lower bound {pct(low)}: "
