@@ -4,8 +4,8 @@
 #   install_wheels DEPS     pip-installs (offline, no dependency resolution) wheels/small/*.whl and the DALI
 #                           wheel joined from wheels/dali/*.part-* (bench/prepare_gpu_wheels.sh makes both)
 #                           into the folder DEPS, and puts DEPS and the project on PYTHONPATH
-#   convert_data OUT        converts data/cifar10-jpeg.tar.gz (carried) or ../shared's copy into OUT, unless
-#                           OUT already holds converted data (a rerun on a warm machine)
+#   convert_data OUT [SRC]  converts SRC (default: data/cifar10-jpeg.tar.gz, carried, or ../shared's copy) into
+#                           OUT, unless OUT already holds converted data (a rerun on a warm machine)
 # Both use $PY (python3 unless PYTHON is set).
 PY=${PY:-${PYTHON:-python3}}
 
@@ -26,10 +26,12 @@ install_wheels() {
 }
 
 convert_data() {
-    local out=$1 archive=data/cifar10-jpeg.tar.gz
-    [ -f "$archive" ] || archive=../shared/data/cifar10-jpeg/cifar10-jpeg.tar.gz
+    local out=$1 archive=${2:-data/cifar10-jpeg.tar.gz}
+    [ -e "$archive" ] || [ -n "${2:-}" ] || archive=../shared/data/cifar10-jpeg/cifar10-jpeg.tar.gz
     if [ ! -f "$out/meta.json" ]; then
         $PY -m pipeline.convert --source "$archive" --out "$out" 2>&1 | tr '\r' '\n' | grep -v "it/s" | tail -n 3 || true
     fi
-    [ -f "$out/meta.json" ] || { echo "error: no converted data in $out (carry data/cifar10-jpeg.tar.gz)"; return 2; }
+    [ -f "$out/meta.json" ] && return 0
+    echo "error: no converted data in $out (from $archive; carry data/cifar10-jpeg.tar.gz)"
+    return 2
 }

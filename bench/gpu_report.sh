@@ -30,7 +30,7 @@ step "data"
 convert_data data/cifar10
 mini=../shared/data/cifar10-mini/cifar-10-batches-py
 if [ -d "$mini" ]; then
-    [ -f data/mini/meta.json ] || $PY -m pipeline.convert --source "$mini" --out data/mini
+    convert_data data/mini "$mini"
     PARITY_DATA=data/mini
 else
     PARITY_DATA=data/cifar10
