@@ -24,22 +24,20 @@ VARIANTS = {"augmented": True, "clean": False}      # report column -> augment t
 
 
 def recompute_bn(net: torch.nn.Module, loader, images: int) -> int:
-    """Reset every BatchNorm's running statistics and average them (momentum None: a cumulative mean)
-    over the first ``images`` images of ``loader``; returns how many images were used."""
-    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    net.train()
+    """Reset every BatchNorm's running statistics and average them (torch.optim.swa_utils.update_bn: a
+    cumulative mean, momenta restored after) over the first ``images`` images of ``loader``; leaves the net
+    in eval mode and returns how many images were used."""
     seen = 0
-    with torch.no_grad():
-        for x, _ in loader:
-            net(x[:images - seen])
-            seen += min(len(x), images - seen)
+
+    def first_images():
+        nonlocal seen
+        for x, *_ in loader:
             if seen >= images:
-                break
-    for m in bns:
-        m.momentum = 0.1
+                return
+            yield x[:images - seen]
+            seen += min(len(x), images - seen)
+
+    torch.optim.swa_utils.update_bn(first_images(), net)
     net.eval()
     return seen
 
@@ -79,20 +77,18 @@ def main(argv=None) -> int:
 
     from bench.__main__ import choose_device, device_name
     from model.checkpoint import CheckpointError, load, model_from_checkpoint, write_text_atomic
-    from model.evaluate import predict
+    from model.evaluate import checkpoint_policy, predict
     from pipeline import build_loader
     from pipeline.format import DataError, read_meta
-    from pipeline.policy import AugmentPolicy
 
     rows = []
     try:
-        read_meta(args.data_dir)
+        meta = read_meta(args.data_dir)
         device = torch.device(choose_device(args.device))
         desc, slug = device_name(device.type)
         for path in args.checkpoints:
             ckpt = load(path)
-            policy = AugmentPolicy.from_dict(ckpt["config"]["policy"]) if "config" in ckpt else \
-                AugmentPolicy.from_meta(read_meta(args.data_dir))
+            policy = checkpoint_policy(ckpt, meta)
             row = {"checkpoint": str(path)}
             for name in ("as_trained", *VARIANTS):
                 net = model_from_checkpoint(ckpt, path).to(device).to(memory_format=torch.channels_last)

@@ -16,6 +16,13 @@ import numpy as np
 import torch
 
 
+def checkpoint_policy(ckpt: dict, meta: dict):
+    """The policy (mean/std) a checkpoint was trained with, so images are normalized as in training; for
+    checkpoints without a config, the project's policy with the data's mean/std."""
+    from pipeline.policy import AugmentPolicy
+    return AugmentPolicy.from_dict(ckpt["config"]["policy"]) if "config" in ckpt else AugmentPolicy.from_meta(meta)
+
+
 def predict(net, data_dir, policy, device, batch_size=500, tta_flip=False):
     from pipeline import build_loader
     loader = build_loader("torch", data_dir, "test", batch_size, device=device, augment=False,
@@ -81,7 +88,6 @@ def plot_misclassified(images, true, pred, classes, path, count=40):
 def main(argv=None) -> int:
     from model.checkpoint import CheckpointError, load, model_from_checkpoint
     from pipeline.format import DataError, load_split, read_meta
-    from pipeline.policy import AugmentPolicy
 
     ap = argparse.ArgumentParser(prog="python -m model.evaluate",
                                  description="Test accuracy, per-class accuracy, a confusion-matrix PNG and a grid "
@@ -96,8 +102,7 @@ def main(argv=None) -> int:
         ckpt = load(args.checkpoint)
         net = model_from_checkpoint(ckpt, args.checkpoint).to(args.device).to(memory_format=torch.channels_last)
         meta = read_meta(args.data_dir)
-        # normalize as in training: the policy (mean/std) saved with the checkpoint
-        policy = AugmentPolicy.from_dict(ckpt["config"]["policy"]) if "config" in ckpt else AugmentPolicy.from_meta(meta)
+        policy = checkpoint_policy(ckpt, meta)
         preds, labels, index = predict(net, args.data_dir, policy, torch.device(args.device))
         tta = predict(net, args.data_dir, policy, torch.device(args.device), tta_flip=True)[0] if args.tta_flip else None
         test, _ = load_split(args.data_dir, "test")
