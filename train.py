@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model import (ARCHS, PARAMETER_BUDGET, WIDTHS, activation, build_model, count_parameters, layout,
-                   receptive_field)
+from model import (ACTIVATIONS, ARCHS, DEFAULT_ACTIVATION, PARAMETER_BUDGET, WIDTHS, activation, build_model,
+                   count_parameters, layout, receptive_field)
 from model import training
 from model.checkpoint import CheckpointError, load, model_from_checkpoint, save_atomic, write_atomic, write_text_atomic
 from model.training import Stepper, precision
@@ -98,6 +98,8 @@ def parse_args(argv=None):
                     help="channels of C1's output and of C2, C3, C4 (default: the arch's own, c1c2c3c4 "
                          f"{' '.join(map(str, WIDTHS['c1c2c3c4']))}, dilated {' '.join(map(str, WIDTHS['dilated']))}); "
                          f"the model must stay under {PARAMETER_BUDGET:,} parameters")
+    ap.add_argument("--activation", choices=list(ACTIVATIONS), default=DEFAULT_ACTIVATION,
+                    help="the nonlinearity of every layer (stored in the checkpoint)")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
                     help="mixed precision: auto = bf16 on CUDA where supported (else fp16 with a GradScaler), "
@@ -368,7 +370,7 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
     test_loader = build_loader(args.loader, args.data_dir, "test", 500, device=device, augment=False,
                                seed=args.seed, policy=policy, **options)
 
-    net = build_model(args.arch, len(meta["classes"]), args.widths).to(device)
+    net = build_model(args.arch, len(meta["classes"]), args.widths, args.activation).to(device)
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
     opt = make_optimizer(net, args)
@@ -379,8 +381,9 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
     if args.resume:
         ckpt = load(ckpt_path)
         saved = ckpt["config"]["args"]
-        for key in ("arch", "widths", "loader", "batch_size", "epochs", "schedule", "seed", "lr", "ema"):
-            before = saved.get(key, 0.0 if key == "ema" else None)    # runs from before --ema had none
+        for key in ("arch", "widths", "activation", "loader", "batch_size", "epochs", "schedule", "seed", "lr", "ema"):
+            # runs from before --ema and --activation had neither
+            before = saved.get(key, {"ema": 0.0, "activation": DEFAULT_ACTIVATION}.get(key))
             if before != getattr(args, key):
                 raise SystemExit(f"error: --resume: the run in {out} used --{key.replace('_', '-')} "
                                  f"{before}, not {getattr(args, key)}: pass the same value.")
@@ -420,6 +423,8 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
                       per_batch, step, amp_dtype, metrics, start_epoch, config, meta, tb=None, ema=ema)
     write_json(config, out / "config.json")
     widths = " (widths " + " ".join(map(str, net.widths)) + ")" if args.widths else ""
+    if args.activation != DEFAULT_ACTIVATION:
+        widths += f" ({args.activation})"
     print(f"{args.arch}{widths}: {count_parameters(net):,} parameters, "
           f"receptive field {receptive_field(net)}; "
           f"loader {args.loader}, {len(train_loader)} batches of {args.batch_size}; device {device}"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from model.net import ARCHS, activation, build_model, layout
+from model.net import ACTIVATIONS, ARCHS, build_model, layout
 
 
 class CheckpointError(Exception):
@@ -66,8 +66,13 @@ def model_from_checkpoint(ckpt: dict, path="checkpoint", arch: str | None = None
     if arch is not None and arch != ckpt["arch"]:
         raise CheckpointError(f"{path} holds a {ckpt['arch']!r} model, not {arch!r}: pass --arch {ckpt['arch']} "
                               f"or another checkpoint.")
+    # checkpoints from before the field was stored are all ReLU nets
+    saved_act = ckpt.get("activation", "relu")
+    if saved_act not in ACTIVATIONS:
+        raise CheckpointError(f"{path} holds a model with {saved_act!r} activations, which this version does not "
+                              f"build (it knows {', '.join(ACTIVATIONS)}): use the version that wrote it.")
     try:    # checkpoints without widths hold the arch's own
-        net = build_model(ckpt["arch"], ckpt.get("num_classes", 10), ckpt.get("widths"))
+        net = build_model(ckpt["arch"], ckpt.get("num_classes", 10), ckpt.get("widths"), saved_act)
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{path} holds unusable widths: {e}") from None
     state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in ckpt["model"].items()}
@@ -81,9 +86,4 @@ def model_from_checkpoint(ckpt: dict, path="checkpoint", arch: str | None = None
     if saved is not None and [list(x) for x in saved] != layout(net):
         raise CheckpointError(f"{path} was trained with another layout of the {ckpt['arch']!r} model (strides or "
                               f"dilations differ from what this version builds): use the version that wrote it.")
-    # checkpoints from before the field was stored are all ReLU nets
-    saved_act = ckpt.get("activation", "relu")
-    if saved_act != activation(net):
-        raise CheckpointError(f"{path} holds a {ckpt['arch']!r} model with {saved_act} activations, but this version "
-                              f"builds it with {activation(net)}: use the version that wrote it.")
     return net

@@ -23,6 +23,8 @@ is what ``receptive_field`` relies on.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -31,20 +33,24 @@ ARCHS = ("c1c2c3c4", "dilated")
 # kept narrow (train.py --widths trains others; checkpoints store them)
 WIDTHS = {"c1c2c3c4": (64, 96, 128, 160), "dilated": (32, 48, 64, 96)}
 PARAMETER_BUDGET = 200_000      # the product's model stays under this many parameters
-# the nonlinearity of every layer; checkpoints store its name and loading compares it, since ReLU and
-# SiLU weights have the same shapes and would otherwise load silently into the other net
-ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU}
-ACTIVATION = "relu"
+# the nonlinearity of every layer (train.py --activation); checkpoints store its name and loading builds
+# the net with it, since ReLU, SiLU and GELU weights have the same shapes and would load into any of them
+ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
+DEFAULT_ACTIVATION = "relu"
 
 
-def act() -> nn.Module:
-    return ACTIVATIONS[ACTIVATION](inplace=True)
+def activation_factory(name: str):
+    """A function that makes one module of the named nonlinearity (in place where torch offers it)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}: choose one of {', '.join(ACTIVATIONS)}.")
+    cls = ACTIVATIONS[name]
+    return cls if cls is nn.GELU else functools.partial(cls, inplace=True)
 
 
 class ConvBN(nn.Sequential):
     """Plain 3x3 convolution (stride 1, same padding) -> BatchNorm -> ReLU: C1's layers."""
 
-    def __init__(self, cin, cout):
+    def __init__(self, cin, cout, act):
         super().__init__(nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), act())
 
 
@@ -52,7 +58,7 @@ class SeparableConv(nn.Sequential):
     """Depthwise-separable convolution: depthwise 3x3 (groups = in_channels), pointwise 1x1, then
     BatchNorm (and ReLU); no normalisation or activation between the two convolutions."""
 
-    def __init__(self, cin, cout, stride=1, dilation=1, relu=True):
+    def __init__(self, cin, cout, act, stride=1, dilation=1, relu=True):
         layers = [nn.Conv2d(cin, cin, 3, stride, dilation, dilation, groups=cin, bias=False),
                   nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout)]
         if relu:
@@ -63,10 +69,10 @@ class SeparableConv(nn.Sequential):
 class SeparableResidual(nn.Module):
     """x + (separable conv -> separable conv)(x), then ReLU."""
 
-    def __init__(self, channels, dilation=1):
+    def __init__(self, channels, act, dilation=1):
         super().__init__()
-        self.body = nn.Sequential(SeparableConv(channels, channels, dilation=dilation),
-                                  SeparableConv(channels, channels, dilation=dilation, relu=False))
+        self.body = nn.Sequential(SeparableConv(channels, channels, act, dilation=dilation),
+                                  SeparableConv(channels, channels, act, dilation=dilation, relu=False))
         self.act = act()
 
     def forward(self, x):
@@ -75,10 +81,11 @@ class SeparableResidual(nn.Module):
 
 class Net(nn.Module):
     def __init__(self, arch: str = "c1c2c3c4", num_classes: int = 10,
-                 widths: tuple[int, int, int, int] | None = None):
+                 widths: tuple[int, int, int, int] | None = None, activation: str = DEFAULT_ACTIVATION):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"unknown arch {arch!r}: choose one of {', '.join(ARCHS)}.")
+        act = activation_factory(activation)
         self.arch = arch
         self.widths = tuple(int(w) for w in (widths or WIDTHS[arch]))
         if len(self.widths) != 4 or min(self.widths) < 1:
@@ -92,12 +99,12 @@ class Net(nn.Module):
             strides = (1, 1, 1)                           # no strided convolution anywhere
             dil = (2, 4, 8)
             blocks = (1, 1, 1)
-        self.c1 = nn.Sequential(ConvBN(3, 32), ConvBN(32, w1))
+        self.c1 = nn.Sequential(ConvBN(3, 32, act), ConvBN(32, w1, act))
         stages = []
         for cin, cout, stride, d, n in zip((w1, w2, w3), (w2, w3, w4), strides, dil, blocks):
             # a strided convolution downsamples undilated; a stride-1 entry dilates like its blocks
-            stages.append(nn.Sequential(SeparableConv(cin, cout, stride, 1 if stride == 2 else d),
-                                        *[SeparableResidual(cout, d) for _ in range(n)]))
+            stages.append(nn.Sequential(SeparableConv(cin, cout, act, stride, 1 if stride == 2 else d),
+                                        *[SeparableResidual(cout, act, d) for _ in range(n)]))
         self.c2, self.c3, self.c4 = stages
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(w4, num_classes)
@@ -109,9 +116,11 @@ class Net(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
-def build_model(arch: str = "c1c2c3c4", num_classes: int = 10, widths=None) -> Net:
-    """The arch's net; ``widths`` (C1 to C4 channels) defaults to the arch's own (WIDTHS)."""
-    return Net(arch, num_classes, widths)
+def build_model(arch: str = "c1c2c3c4", num_classes: int = 10, widths=None,
+                activation: str = DEFAULT_ACTIVATION) -> Net:
+    """The arch's net; ``widths`` (C1 to C4 channels) defaults to the arch's own (WIDTHS), ``activation``
+    names the nonlinearity of every layer (one of ACTIVATIONS)."""
+    return Net(arch, num_classes, widths, activation)
 
 
 def count_parameters(net: nn.Module) -> int:

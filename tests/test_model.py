@@ -121,6 +121,28 @@ def test_checkpoints_rebuild_the_widths_they_were_trained_with(tmp_path):
         model_from_checkpoint({**ckpt, "widths": [16, 24, 0, 48]})
 
 
+def test_checkpoints_rebuild_the_activation_they_were_trained_with():
+    from model.checkpoint import model_from_checkpoint
+    from model.net import ACTIVATIONS, activation, layout
+    x = torch.randn(2, 3, 32, 32)
+    outputs = {}
+    for name in ACTIVATIONS:
+        torch.manual_seed(0)                    # the same weights in every net: only the nonlinearity differs
+        net = build_model(activation=name).eval()
+        assert activation(net) == name and count_parameters(net) == count_parameters(build_model())
+        ckpt = {"model": net.state_dict(), "arch": "c1c2c3c4", "layout": layout(net), "activation": name}
+        back = model_from_checkpoint(ckpt).eval()
+        assert activation(back) == name and torch.equal(back(x), net(x))
+        outputs[name] = net(x)
+    assert not torch.allclose(outputs["relu"], outputs["silu"])      # each name builds another net
+    assert not torch.allclose(outputs["silu"], outputs["gelu"])
+    # checkpoints from before the field existed are ReLU nets
+    del ckpt["activation"]
+    assert activation(model_from_checkpoint(ckpt)) == "relu"
+    with pytest.raises(ValueError, match="unknown activation 'tanh'"):
+        build_model(activation="tanh")
+
+
 def test_an_interrupted_write_leaves_the_old_file(tmp_path):
     from model.checkpoint import save_atomic, write_atomic, write_text_atomic
     path = tmp_path / "metrics.json"

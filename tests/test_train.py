@@ -223,12 +223,12 @@ def test_evaluate_reports_and_refuses_bad_checkpoints(mini_dir, tmp_path):
     torch.save(ckpt, moved)
     swapped = tmp_path / "other-activation.pt"
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert ckpt["activation"] in ("relu", "silu")
-    ckpt["activation"] = {"relu": "silu", "silu": "relu"}[ckpt["activation"]]   # same shapes, other nonlinearity
+    assert ckpt["activation"] == "relu"
+    ckpt["activation"] = "mish"                 # same shapes, a nonlinearity this version does not build
     torch.save(ckpt, swapped)
     for path, fragment in ((corrupt, "not a readable checkpoint"), (other, "does not fit the 'dilated' model"),
                            (moved, "another layout of the 'c1c2c3c4' model"),
-                           (swapped, "activations, but this version builds it with"),
+                           (swapped, "'mish' activations, which this version does not build"),
                            (tmp_path / "none.pt", "does not exist")):
         proc = run([sys.executable, "-m", "model.evaluate", "--checkpoint", path, "--data-dir", mini_dir])
         assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
