@@ -14,7 +14,8 @@ run each; C4 at 16x16 as well did not score higher again).
 arch="dilated" has no strided convolution at all: every block stays at 32x32 and the receptive field
 grows through dilations 2, 4 and 8 instead (more compute for the same parameters).
 
-A depthwise-separable convolution is depthwise 3x3 -> pointwise 1x1 -> BatchNorm -> ReLU, with
+A depthwise-separable convolution is depthwise 3x3 -> pointwise 1x1 -> BatchNorm -> ReLU (or the
+activation that train.py --activation names), with
 nothing between the two convolutions (as in Xception): a BatchNorm and ReLU there cost a quarter of
 the training time on a CPU and gave no accuracy.
 
@@ -48,7 +49,8 @@ def activation_factory(name: str):
 
 
 class ConvBN(nn.Sequential):
-    """Plain 3x3 convolution (stride 1, same padding) -> BatchNorm -> ReLU: C1's layers."""
+    """Plain 3x3 convolution (stride 1, same padding) -> BatchNorm -> activation: C1's layers.
+    ``act`` makes one activation module (see activation_factory), here and below."""
 
     def __init__(self, cin, cout, act):
         super().__init__(nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), act())
@@ -56,7 +58,7 @@ class ConvBN(nn.Sequential):
 
 class SeparableConv(nn.Sequential):
     """Depthwise-separable convolution: depthwise 3x3 (groups = in_channels), pointwise 1x1, then
-    BatchNorm (and ReLU); no normalisation or activation between the two convolutions."""
+    BatchNorm (and the activation); no normalisation or activation between the two convolutions."""
 
     def __init__(self, cin, cout, act, stride=1, dilation=1, relu=True):
         layers = [nn.Conv2d(cin, cin, 3, stride, dilation, dilation, groups=cin, bias=False),
@@ -67,7 +69,7 @@ class SeparableConv(nn.Sequential):
 
 
 class SeparableResidual(nn.Module):
-    """x + (separable conv -> separable conv)(x), then ReLU."""
+    """x + (separable conv -> separable conv)(x), then the activation."""
 
     def __init__(self, channels, act, dilation=1):
         super().__init__()
