@@ -15,9 +15,8 @@ arch="dilated" has no strided convolution at all: every block stays at 32x32 and
 grows through dilations 2, 4 and 8 instead (more compute for the same parameters).
 
 A depthwise-separable convolution is depthwise 3x3 -> pointwise 1x1 -> BatchNorm -> ReLU (or the
-activation that train.py --activation names), with
-nothing between the two convolutions (as in Xception): a BatchNorm and ReLU there cost a quarter of
-the training time on a CPU and gave no accuracy.
+activation train.py --activation names), with nothing between the two convolutions (as in Xception): a
+BatchNorm and ReLU there cost a quarter of the training time on a CPU and gave no accuracy.
 
 Every Conv2d lies on the main path, in module order (the residual shortcuts are identities), which
 is what ``receptive_field`` relies on.
