@@ -234,6 +234,8 @@ def test_evaluate_reports_and_refuses_bad_checkpoints(mini_dir, tmp_path):
         assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     resume_other = run(train_cmd("--data-dir", mini_dir, "--epochs", 1, "--out", out, "--resume", "--arch", "dilated"))
     assert resume_other.returncode != 0 and "--arch c1c2c3c4" in resume_other.stderr
+    resume_silu = run(train_cmd("--data-dir", mini_dir, "--epochs", 1, "--out", out, "--resume", "--activation", "silu"))
+    assert resume_silu.returncode != 0 and "used --activation relu, not silu" in resume_silu.stderr
 
 
 def test_two_processes_with_gloo_see_every_sample_once(mini_dir, tmp_path):
