@@ -11,7 +11,8 @@
 #   RECIPES='ls0|c1c2c3c4|0 1 2|--label-smoothing 0' bash bench/gpu_accuracy.sh     other recipes: one per
 #       line, name|arch|seeds|train.py options. On an H200, 8 runs side by side took 14-19 s per epoch each
 #       (30 epochs in 7-10 minutes); resumed runs carry on where they stopped.
-#   EPOCHS=1 DATA=data/mini RECIPES='default|c1c2c3c4|0 1|' bash bench/gpu_accuracy.sh   (a quick check on a CPU)
+#   PYTHON=.venv/bin/python EPOCHS=1 DATA=data/mini RECIPES='default|c1c2c3c4|0 1|' bash bench/gpu_accuracy.sh
+#       (a check on a CPU; python3 from PATH is the device machine's, which has torch)
 #
 # The gpu loader and train.py need only what the GPU machine has (torch, numpy, tqdm, matplotlib,
 # tensorboard); the tests, the parity check and the torch engine need albumentations: carry wheels/small
