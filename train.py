@@ -380,10 +380,11 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
 
     if args.resume:
         ckpt = load(ckpt_path)
-        saved = ckpt["config"]["args"]
+        # the activation as the checkpoint stores it, as model_from_checkpoint builds it: runs from before
+        # --activation have none in their args, yet a checkpoint with "silu" holds a SiLU net
+        saved = {**ckpt["config"]["args"], "activation": ckpt.get("activation", "relu")}
         for key in ("arch", "widths", "activation", "loader", "batch_size", "epochs", "schedule", "seed", "lr", "ema"):
-            # runs from before --ema and --activation had neither
-            before = saved.get(key, {"ema": 0.0, "activation": DEFAULT_ACTIVATION}.get(key))
+            before = saved.get(key, 0.0 if key == "ema" else None)    # runs from before --ema had none
             if before != getattr(args, key):
                 raise SystemExit(f"error: --resume: the run in {out} used --{key.replace('_', '-')} "
                                  f"{before}, not {getattr(args, key)}: pass the same value.")
@@ -422,10 +423,10 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
         return _train(args, dist, out, ckpt_path, train_loader, test_loader, net, compiled, opt, sched,
                       per_batch, step, amp_dtype, metrics, start_epoch, config, meta, tb=None, ema=ema)
     write_json(config, out / "config.json")
-    widths = " (widths " + " ".join(map(str, net.widths)) + ")" if args.widths else ""
+    variant = " (widths " + " ".join(map(str, net.widths)) + ")" if args.widths else ""
     if args.activation != DEFAULT_ACTIVATION:
-        widths += f" ({args.activation})"
-    print(f"{args.arch}{widths}: {count_parameters(net):,} parameters, "
+        variant += f" ({args.activation})"
+    print(f"{args.arch}{variant}: {count_parameters(net):,} parameters, "
           f"receptive field {receptive_field(net)}; "
           f"loader {args.loader}, {len(train_loader)} batches of {args.batch_size}; device {device}"
           f"{f' ({threads(torch.get_num_threads())})' if device.type == 'cpu' else ''}; "
