@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from model import (ACTIVATIONS, ARCHS, DEFAULT_ACTIVATION, PARAMETER_BUDGET, WIDTHS, activation, build_model,
                    count_parameters, layout, receptive_field)
 from model import training
-from model.checkpoint import CheckpointError, load, model_from_checkpoint, save_atomic, write_atomic, write_text_atomic
+from model.checkpoint import (CheckpointError, checkpoint_activation, load, model_from_checkpoint, save_atomic,
+                              write_atomic, write_text_atomic)
 from model.training import Stepper, precision
 from pipeline import LoaderUnavailable, build_loader, known_loaders
 from pipeline.format import DataError, read_meta
@@ -380,9 +381,8 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
 
     if args.resume:
         ckpt = load(ckpt_path)
-        # the activation as the checkpoint stores it, as model_from_checkpoint builds it: runs from before
-        # --activation have none in their args, yet a checkpoint with "silu" holds a SiLU net
-        saved = {**ckpt["config"]["args"], "activation": ckpt.get("activation", "relu")}
+        # the activation as model_from_checkpoint builds it: runs from before --activation have none in their args
+        saved = {**ckpt["config"]["args"], "activation": checkpoint_activation(ckpt)}
         for key in ("arch", "widths", "activation", "loader", "batch_size", "epochs", "schedule", "seed", "lr", "ema"):
             before = saved.get(key, 0.0 if key == "ema" else None)    # runs from before --ema had none
             if before != getattr(args, key):

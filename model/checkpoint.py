@@ -59,6 +59,12 @@ def load(path, map_location="cpu") -> dict:
     return ckpt
 
 
+def checkpoint_activation(ckpt: dict) -> str:
+    """The name of the nonlinearity a checkpoint's net was trained with (what model_from_checkpoint builds,
+    what train.py --resume compares): checkpoints from before the field was stored are all ReLU nets."""
+    return ckpt.get("activation", "relu")
+
+
 def model_from_checkpoint(ckpt: dict, path="checkpoint", arch: str | None = None) -> torch.nn.Module:
     """The model a checkpoint holds; ``arch`` (if given) must be the checkpoint's."""
     if ckpt["arch"] not in ARCHS:
@@ -66,8 +72,7 @@ def model_from_checkpoint(ckpt: dict, path="checkpoint", arch: str | None = None
     if arch is not None and arch != ckpt["arch"]:
         raise CheckpointError(f"{path} holds a {ckpt['arch']!r} model, not {arch!r}: pass --arch {ckpt['arch']} "
                               f"or another checkpoint.")
-    # checkpoints from before the field was stored are all ReLU nets
-    saved_act = ckpt.get("activation", "relu")
+    saved_act = checkpoint_activation(ckpt)
     if saved_act not in ACTIVATIONS:
         raise CheckpointError(f"{path} holds a model with {saved_act!r} activations, which this version does not "
                               f"build (it knows {', '.join(ACTIVATIONS)}): use the version that wrote it.")
