@@ -2,9 +2,9 @@
 
     python -m pipeline.convert --source SRC --out DIR [--force]
 
-SRC is one of: ``download`` (the official tar.gz, md5-verified); a ``cifar-10-batches-py`` folder;
-the official ``cifar-10-python.tar.gz``; an image-folder tree or archive laid out as
-``train/<class>/*.jpg|png`` and ``test/<class>/...``.
+SRC is one of: ``download`` (the official tar.gz, md5-verified); a ``cifar-10-batches-py`` folder, or the
+folder holding it (as torchvision lays it out); the official ``cifar-10-python.tar.gz``; an image-folder tree
+or archive laid out as ``train/<class>/*.jpg|png`` and ``test/<class>/...``.
 """
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", required=True,
                     help="'download' (official tar.gz, md5-checked; needs network), a cifar-10-batches-py "
-                         "folder, the official cifar-10-python.tar.gz, or an image-folder tree or archive "
+                         "folder (or the folder holding it), the official cifar-10-python.tar.gz, or an image-folder tree or archive "
                          "(.tar/.tar.gz/.tgz/.zip) with train/<class>/*.jpg|png and test/<class>/...")
     ap.add_argument("--out", required=True, help="folder to create (DIR/train_images.npy, ..., meta.json)")
     ap.add_argument("--force", action="store_true", help="convert again even if DIR already holds this conversion")

@@ -375,6 +375,9 @@ def describe(source: str) -> dict:
         raise DataError(f"source {source} does not exist: pass 'download', a cifar-10-batches-py folder, "
                         f"the official tar.gz, or an image-folder tree or archive.")
     path = path.resolve()
+    inner = path / "cifar-10-batches-py"      # where the official tar.gz unpacks to (torchvision's root holds it)
+    if path.is_dir() and not (path / "data_batch_1").exists() and (inner / "data_batch_1").exists():
+        path = inner
     if path.is_dir():
         kind = "batches-dir" if (path / "data_batch_1").exists() else "image-dir"
         files = sorted(p for p in path.rglob("*") if p.is_file()) if kind == "image-dir" else \

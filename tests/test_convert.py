@@ -143,6 +143,15 @@ def test_official_tar_gz_and_zip_archives(tmp_path, small_batches):
     assert c["sha256"] == d["sha256"]
 
 
+def test_the_folder_above_cifar_10_batches_py_is_read_as_the_batches(tmp_path, small_batches):
+    """Where the official tar.gz was unpacked (torchvision's root) holds cifar-10-batches-py/: passing that
+    folder reads the batches, rather than failing as an image-folder tree without train/."""
+    a = convert(str(small_batches), tmp_path / "from-batches", **QUIET)
+    b = convert(str(small_batches.parent), tmp_path / "from-parent", **QUIET)
+    assert a["sha256"] == b["sha256"] and a["counts"] == b["counts"]
+    assert read_meta(tmp_path / "from-parent")["source"]["path"] == str(small_batches.resolve())
+
+
 def test_download_without_network_says_to_pass_a_local_source(tmp_path, monkeypatch, capsys):
     def offline(*a, **k):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
