@@ -86,8 +86,9 @@ def main(argv=None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", required=True,
                     help="'download' (official tar.gz, md5-checked; needs network), a cifar-10-batches-py "
-                         "folder (or the folder holding it), the official cifar-10-python.tar.gz, or an image-folder tree or archive "
-                         "(.tar/.tar.gz/.tgz/.zip) with train/<class>/*.jpg|png and test/<class>/...")
+                         "folder (or the folder holding it), the official cifar-10-python.tar.gz, or an "
+                         "image-folder tree or archive (.tar/.tar.gz/.tgz/.zip) with train/<class>/*.jpg|png "
+                         "and test/<class>/...")
     ap.add_argument("--out", required=True, help="folder to create (DIR/train_images.npy, ..., meta.json)")
     ap.add_argument("--force", action="store_true", help="convert again even if DIR already holds this conversion")
     ap.add_argument("--beton", action="store_true",

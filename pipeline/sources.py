@@ -376,10 +376,16 @@ def describe(source: str) -> dict:
                         f"the official tar.gz, or an image-folder tree or archive.")
     path = path.resolve()
     inner = path / "cifar-10-batches-py"      # where the official tar.gz unpacks to (torchvision's root holds it)
-    if path.is_dir() and not (path / "data_batch_1").exists() and (inner / "data_batch_1").exists():
+    if path.is_dir() and not (path / "data_batch_1").exists() and not (path / "train").exists() \
+            and (inner / "data_batch_1").exists():
         path = inner
     if path.is_dir():
         kind = "batches-dir" if (path / "data_batch_1").exists() else "image-dir"
+        if kind == "image-dir" and not any((path / split).is_dir() for split in SPLITS):
+            # said before the fingerprint below walks the folder (which for a wrong folder can be a big tree)
+            raise DataError(f"{path} is not a CIFAR-10 folder: it holds neither the official batches (data_batch_1..5 "
+                            f"and test_batch, there or in cifar-10-batches-py/) nor an image-folder tree "
+                            f"(train/<class>/*.jpg|png and test/<class>/...).")
         files = sorted(p for p in path.rglob("*") if p.is_file()) if kind == "image-dir" else \
             sorted(p for p in path.iterdir() if p.is_file())
     elif is_archive(path):

@@ -290,6 +290,7 @@ def test_bad_batches(tmp_path, small_batches, case, fragment):
     ("size", "is 33x32"),
     ("unreadable", "not a readable image"),
     ("no-test", "has no test/"),
+    ("not-a-dataset", "is not a CIFAR-10 folder: it holds neither the official batches"),
 ])
 def test_bad_image_folders(tmp_path, case, fragment):
     tree = make_image_tree(tmp_path / "tree", skip=("test", "dog") if case == "missing-class" else None)
@@ -300,6 +301,8 @@ def test_bad_image_folders(tmp_path, case, fragment):
     elif case == "no-test":
         import shutil
         shutil.rmtree(tree / "test")
+    elif case == "not-a-dataset":       # some other folder: its pictures are not under train/ or test/
+        tree = tree / "train"
     proc = run_cli("--source", tree, "--out", tmp_path / "out")
     assert_one_sentence_error(proc, fragment)
     if case in ("size", "unreadable"):
