@@ -13,6 +13,11 @@
 #       (30 epochs in 7-10 minutes); resumed runs carry on where they stopped.
 #   PYTHON=.venv/bin/python EPOCHS=1 DATA=data/mini RECIPES='default|c1c2c3c4|0 1|' bash bench/gpu_accuracy.sh
 #       (a check on a CPU; python3 from PATH is the device machine's, which has torch)
+#   RESUME='gpu/gpu-accuracy.tgz gpu/checkpoints-c1c2c3c4-e30.tgz' BUDGET=560 bash bench/gpu_accuracy.sh
+#       goes on with the runs a budget stopped in an earlier call, even one of an earlier session (a fresh
+#       machine): save that call's archives here in a git-ignored folder (gpu/ above), carry it, give the same
+#       RECIPES (and WORK); unpacked first, the runs resume from their last epoch's checkpoint
+#   CHECKS=0 ...   no CUDA tests or parity check beside the runs (they run only where albumentations was carried)
 #
 # The gpu loader and train.py need only what the GPU machine has (torch, numpy, tqdm, matplotlib,
 # tensorboard); the tests, the parity check and the torch engine need albumentations: carry wheels/small
@@ -27,6 +32,8 @@ ema|c1c2c3c4|0 1 2|--ema 0.999
 dilated|dilated|0|"}
 DATA=${DATA:-data/cifar10}
 BUDGET=${BUDGET:-0}
+RESUME=${RESUME:-}
+CHECKS=${CHECKS:-1}
 DEPS=${DEPS:-/tmp/cifarflow-deps}
 WORK=${WORK:-runs/gpu-study}          # everything that goes into the archive
 RESERVE=25                            # seconds kept for packing
@@ -56,6 +63,16 @@ $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" && D
 step "data"
 convert_data "$DATA" || exit 2
 
+if [ -n "$RESUME" ]; then
+    step "the runs of an earlier call: $RESUME"
+    for a in $RESUME; do     # their members are $WORK/... relative to the project root, as packed below
+        tar xzf "$a" || { echo "error: could not unpack $a (carry the archives an earlier call returned)"; exit 2; }
+    done
+    ls -d "$WORK"/runs/*/ 2>/dev/null | while read -r r; do
+        echo "$(basename "$r"): $([ -f "$r/checkpoint.pt" ] && echo checkpoint || echo "no checkpoint")"
+    done
+fi
+
 step "training, side by side"
 # shellcheck disable=SC2086
 group() {   # name, arch, seeds, train.py options...
@@ -73,7 +90,7 @@ while IFS='|' read -r name arch seeds opts; do
     group "$name" "$arch" "$seeds" $opts; pids+=($!)
 done <<< "$RECIPES"
 
-if [ "$HAVE_ALBU" = 1 ]; then
+if [ "$HAVE_ALBU" = 1 ] && [ "$CHECKS" = 1 ]; then
     step "tests and parity of the gpu engine on $DEVICE (beside the training)"
     timeout 150 $PY -m pytest -q -rs -p no:cacheprovider tests/test_gpu_engine.py -k "$DEVICE" 2>&1 \
         | tee "$WORK/pytest-$DEVICE.txt" | tail -n 5
