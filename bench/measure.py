@@ -38,6 +38,7 @@ def peak_host_rss_mb() -> float:
 
 
 OPTIONS: dict = {}   # engine options from --options, e.g. mode=numba
+TRAIN_BATCH = 128    # train.py's default batch size: the bound is also measured there (kernel launches weigh more)
 
 
 def _loader(name, data_dir, batch_size, device, seed=0, augment=True):
@@ -108,8 +109,8 @@ def model_bound(batch_size, device, amp, channels_last, compile, steps, warmup, 
         step(x, y)
     sync(device)
     rate = steps * batch_size / (time.perf_counter() - start)
-    return {"channels_last": channels_last, "amp": amp, "precision": note, "compile": compile,
-            "img_per_s": rate, "epoch_s": train_size / rate}
+    return {"batch_size": batch_size, "channels_last": channels_last, "amp": amp, "precision": note,
+            "compile": compile, "img_per_s": rate, "epoch_s": train_size / rate}
 
 
 def end_to_end(name, data_dir, batch_size, device, amp, epochs, max_batches, profile_dir=None) -> dict:
@@ -207,11 +208,14 @@ def main(argv=None) -> int:
         torch.backends.cudnn.benchmark = True       # as train.py: fixed shapes, cuDNN times its kernels once
     if args.engine == "bound":
         variants = []
-        configs = [(True, args.amp, False), (False, args.amp, False)]
+        configs = [(args.batch_size, True, args.amp, False), (args.batch_size, False, args.amp, False)]
         if args.bound_variants == "all":
-            configs += [(True, "off", False), (False, "off", False), (True, "on", False), (True, args.amp, True)]
-        for cl, amp, comp in configs:
-            variants.append(model_bound(args.batch_size, device, amp, cl, comp, args.bound_steps,
+            configs += [(args.batch_size, True, "off", False), (args.batch_size, False, "off", False),
+                        (args.batch_size, True, "on", False), (args.batch_size, True, args.amp, True)]
+            if args.batch_size != TRAIN_BATCH:     # what train.py steps at, eager and compiled
+                configs += [(TRAIN_BATCH, True, args.amp, False), (TRAIN_BATCH, True, args.amp, True)]
+        for bs, cl, amp, comp in configs:
+            variants.append(model_bound(bs, device, amp, cl, comp, args.bound_steps,
                                         max(2, args.bound_steps // 5), train_size))
         result = {"default": variants[0], "variants": variants}
     else:

@@ -111,3 +111,36 @@ def test_the_warm_up_covers_the_shape_of_a_full_epochs_last_batch(mini_dir, monk
     events.clear()
     measure.end_to_end("gpu", mini_dir, 128, torch.device("cpu"), "off", epochs=1, max_batches=3)
     assert events == [128] * 5 + ["sync"] + [128] * 3 + ["sync"], events
+
+
+def test_the_full_bound_is_also_measured_at_the_training_batch_size(mini_dir, monkeypatch, capsys):
+    """bench measures the bound at its batch size (512) and, eager and compiled, at train.py's 128, where a
+    net this small is more likely bound by kernel launches; each variant says its batch size, and the report
+    has a batch column. Measured with a stand-in for the timing (torch.compile on this CPU takes minutes)."""
+    from bench import measure
+    from bench.report import markdown
+    calls = []
+
+    def fake_bound(batch_size, device, amp, channels_last, compile, steps, warmup, train_size):
+        calls.append((batch_size, channels_last, amp, compile))
+        return {"batch_size": batch_size, "channels_last": channels_last, "amp": amp, "precision": "fp32",
+                "compile": compile, "img_per_s": 1000.0 * batch_size, "epoch_s": train_size / (1000.0 * batch_size)}
+
+    monkeypatch.setattr(measure, "model_bound", fake_bound)
+    assert measure.main(["--engine", "bound", "--data-dir", str(mini_dir), "--batch-size", "512"]) == 0
+    bound = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert calls[0] == (512, True, "auto", False) and bound["default"]["batch_size"] == 512
+    assert calls[-2:] == [(128, True, "auto", False), (128, True, "auto", True)] and len(calls) == 8
+    calls.clear()
+    assert measure.main(["--engine", "bound", "--data-dir", str(mini_dir), "--batch-size", "128"]) == 0
+    assert len(calls) == 6 and {c[0] for c in calls} == {128}        # no variant measured twice
+    capsys.readouterr()
+    report = {"date": "d", "device": "cpu", "device_kind": "cpu", "data": {"dir": "x", "train": 50000},
+              "settings": {"batch_size": 512, "precision": "fp32", "quick": False, "model": "c1c2c3c4",
+                           "parameters": 194762},
+              "engines": {}, "targets": [], "versions": {"torch": "2"}, "command": "python -m bench",
+              "model_bound": bound}
+    md = markdown(report)
+    assert "| batch | channels-last |" in md and "| 128 | on | auto | on |" in md and "| 512 | off | auto | off |" in md
+    del report["model_bound"]["variants"][0]["batch_size"]             # a report from before the column
+    assert "| 512 | on | auto | off |" in markdown(report)
