@@ -113,9 +113,8 @@ def model_bound(batch_size, device, amp, channels_last, compile, steps, warmup, 
             "compile": compile, "img_per_s": rate, "epoch_s": train_size / rate}
 
 
-def end_to_end(name, data_dir, batch_size, device, amp, epochs, max_batches, profile_dir=None) -> dict:
+def end_to_end(name, data_dir, batch_size, device, amp, epochs, max_batches, train_size, profile_dir=None) -> dict:
     from model.training import Stepper, precision
-    from pipeline.format import read_meta
     net, opt = make_model(device)
     dtype, note = precision(device, amp)
     step = Stepper(net, opt, device, dtype, 0.1)
@@ -125,7 +124,7 @@ def end_to_end(name, data_dir, batch_size, device, amp, epochs, max_batches, pro
         step(x, y)
         if b >= 4:
             break
-    last = read_meta(data_dir)["counts"]["train"] % batch_size
+    last = train_size % batch_size
     if max_batches is None and last:
         # a timed full epoch ends in a smaller batch: a new shape, for which cuDNN (benchmark mode) times its
         # kernels anew, seconds on a GPU that training pays once per run, not once per epoch; pay it here
@@ -208,12 +207,12 @@ def main(argv=None) -> int:
         torch.backends.cudnn.benchmark = True       # as train.py: fixed shapes, cuDNN times its kernels once
     if args.engine == "bound":
         variants = []
-        configs = [(args.batch_size, True, args.amp, False), (args.batch_size, False, args.amp, False)]
+        configs = [(True, args.amp, False), (False, args.amp, False)]
         if args.bound_variants == "all":
-            configs += [(args.batch_size, True, "off", False), (args.batch_size, False, "off", False),
-                        (args.batch_size, True, "on", False), (args.batch_size, True, args.amp, True)]
-            if args.batch_size != TRAIN_BATCH:     # what train.py steps at, eager and compiled
-                configs += [(TRAIN_BATCH, True, args.amp, False), (TRAIN_BATCH, True, args.amp, True)]
+            configs += [(True, "off", False), (False, "off", False), (True, "on", False), (True, args.amp, True)]
+        configs = [(args.batch_size, *c) for c in configs]
+        if args.bound_variants == "all" and args.batch_size != TRAIN_BATCH:   # what train.py steps at
+            configs += [(TRAIN_BATCH, True, args.amp, False), (TRAIN_BATCH, True, args.amp, True)]
         for bs, cl, amp, comp in configs:
             variants.append(model_bound(bs, device, amp, cl, comp, args.bound_steps,
                                         max(2, args.bound_steps // 5), train_size))
@@ -223,7 +222,7 @@ def main(argv=None) -> int:
                   "batch_scaling": batch_scaling(args.engine, args.data_dir,
                                                  [int(v) for v in args.scaling.split(",") if v], device),
                   "end_to_end": end_to_end(args.engine, args.data_dir, args.batch_size, device, args.amp,
-                                           args.e2e_epochs, args.e2e_batches, args.profile_dir)}
+                                           args.e2e_epochs, args.e2e_batches, train_size, args.profile_dir)}
         e2e = result["end_to_end"]
         e2e["epoch_s"] = stats([train_size / r for r in e2e["img_per_s"]["values"]])
         e2e["estimated_from_batches"] = args.e2e_batches

@@ -5,6 +5,7 @@ import math
 import pytest
 
 import pipeline
+from pipeline.format import read_meta
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +78,7 @@ def test_the_timed_end_to_end_epochs_run_without_the_profiler(mini_dir, tmp_path
     monkeypatch.setattr(measure, "sync", lambda device: (events.append("sync"), real_sync(device)))
     monkeypatch.setattr(measure, "_profiler", lambda d, dev: (events.append("profiler"), real_profiler(d, dev))[1])
     r = measure.end_to_end("gpu", mini_dir, 128, torch.device("cpu"), "off", epochs=2, max_batches=2,
+                           train_size=read_meta(mini_dir)["counts"]["train"],
                            profile_dir=tmp_path / "traces")
     assert events[:5] == ["sync"] * 4 + ["profiler"], events       # two timed epochs, each between two syncs
     assert r["top_ops"] and list((tmp_path / "traces").rglob("*.json")), "no trace written"
@@ -90,7 +92,6 @@ def test_the_warm_up_covers_the_shape_of_a_full_epochs_last_batch(mini_dir, monk
     import torch
     import model.training
     from bench import measure
-    from pipeline.format import read_meta
     events = []
 
     class Recorder:         # stands in for the optimizer step: records the batch sizes it is given
@@ -104,12 +105,14 @@ def test_the_warm_up_covers_the_shape_of_a_full_epochs_last_batch(mini_dir, monk
     monkeypatch.setattr(measure, "sync", lambda device: events.append("sync"))
     last = read_meta(mini_dir)["counts"]["train"] % 128
     assert last, "cifar10-mini should not split into whole batches of 128"
-    measure.end_to_end("gpu", mini_dir, 128, torch.device("cpu"), "off", epochs=1, max_batches=None)
+    measure.end_to_end("gpu", mini_dir, 128, torch.device("cpu"), "off", epochs=1, max_batches=None,
+                       train_size=read_meta(mini_dir)["counts"]["train"])
     warm_up = events[:events.index("sync")]
     assert warm_up == [128] * 5 + [last], warm_up
     assert events.count(last) == 2 and events[-2] == last          # and once more at the end of the timed epoch
     events.clear()
-    measure.end_to_end("gpu", mini_dir, 128, torch.device("cpu"), "off", epochs=1, max_batches=3)
+    measure.end_to_end("gpu", mini_dir, 128, torch.device("cpu"), "off", epochs=1, max_batches=3,
+                       train_size=read_meta(mini_dir)["counts"]["train"])
     assert events == [128] * 5 + ["sync"] + [128] * 3 + ["sync"], events
 
 
