@@ -375,11 +375,10 @@ def describe(source: str) -> dict:
         raise DataError(f"source {source} does not exist: pass 'download', a cifar-10-batches-py folder, "
                         f"the official tar.gz, or an image-folder tree or archive.")
     path = path.resolve()
-    inner = path / "cifar-10-batches-py"      # where the official tar.gz unpacks to (torchvision's root holds it)
-    if path.is_dir() and not (path / "data_batch_1").exists() and not (path / "train").exists() \
-            and (inner / "data_batch_1").exists():
-        path = inner
     if path.is_dir():
+        inner = path / "cifar-10-batches-py"      # where the official tar.gz unpacks (torchvision's root holds it)
+        if not (path / "data_batch_1").exists() and not (path / "train").exists() and (inner / "data_batch_1").exists():
+            path = inner
         kind = "batches-dir" if (path / "data_batch_1").exists() else "image-dir"
         if kind == "image-dir" and not any((path / split).is_dir() for split in SPLITS):
             # said before the fingerprint below walks the folder (which for a wrong folder can be a big tree)
