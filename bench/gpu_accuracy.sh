@@ -105,12 +105,27 @@ group() {   # name, arch, seeds, train.py options...
         --runs-dir "$WORK/runs" --out "$WORK/reports" ${1:+-- "$@"} > "$WORK/seeds-$name.log" 2>&1 &
     echo "$name: pid $! seeds $seeds $*"
 }
-pids=()
+pids=(); names=()
 while IFS='|' read -r name arch seeds opts; do
     [ -n "$name" ] || continue
     # shellcheck disable=SC2086
-    group "$name" "$arch" "$seeds" $opts; pids+=($!)
+    group "$name" "$arch" "$seeds" $opts; pids+=($!); names+=("$name")
 done <<< "$RECIPES"
+train_start=$SECONDS
+
+projected() {   # seconds the slowest run still needs: its epochs left times its last epoch's time
+    $PY - "$WORK" <<'PYEOF'
+import pathlib, re, sys
+need = 0.0
+work = pathlib.Path(sys.argv[1])     # a run's log: runs/<run>.log, or seeds-<recipe>.log for a one-seed recipe
+for log in [*work.glob("runs/*.log"), *work.glob("seeds-*.log")]:
+    lines = [l for l in log.read_text(errors="replace").replace("\r", "\n").splitlines() if "train loss" in l]
+    m = re.search(r"epoch\s+(\d+)/(\d+)\s.*?([\d.]+)s\s+[\d,]+ img/s", lines[-1]) if lines else None
+    if m:
+        need = max(need, (int(m[2]) - int(m[1])) * float(m[3]))
+print(int(need))
+PYEOF
+}
 
 if [ "$HAVE_ALBU" = 1 ] && [ "$CHECKS" = 1 ]; then
     step "tests and parity of the gpu engine on $DEVICE (beside the training)"
@@ -121,10 +136,23 @@ if [ "$HAVE_ALBU" = 1 ] && [ "$CHECKS" = 1 ]; then
 fi
 
 step "waiting for the runs"
+# RECIPES are in order of priority: while the slowest run's projected finish lies past the budget, the last
+# recipe still training is stopped (its runs keep their checkpoints), so that the others finish sooner
+checked=$SECONDS
 while :; do
     running=0
     for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && running=1; done
     [ "$running" = 0 ] && break
+    if [ "$BUDGET" -gt 0 ] && [ $(( SECONDS - train_start )) -ge 60 ] && [ $(( SECONDS - checked )) -ge 45 ]; then
+        checked=$SECONDS
+        alive=(); for i in "${!pids[@]}"; do kill -0 "${pids[$i]}" 2>/dev/null && alive+=("$i"); done
+        need=$(projected)
+        if [ "${#alive[@]}" -gt 1 ] && [ "${need:-0}" -gt "$(left)" ]; then
+            last=${alive[-1]}
+            echo "projected: $need s more for the slowest run, $(left) s left: stopping recipe ${names[$last]}"
+            kill -TERM -- "-${pids[$last]}" 2>/dev/null
+        fi
+    fi
     if [ "$(left)" -le 0 ]; then
         echo "budget spent: stopping the runs (each keeps its last epoch's checkpoint)"
         for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null; done
