@@ -113,12 +113,14 @@ while IFS='|' read -r name arch seeds opts; do
 done <<< "$RECIPES"
 train_start=$SECONDS
 
-projected() {   # seconds the slowest run still needs: its epochs left times its last epoch's time
+projected() {   # seconds the slowest running run still needs: its epochs left times its last epoch's time
     $PY - "$WORK" <<'PYEOF'
-import pathlib, re, sys
+import pathlib, re, sys, time
 need = 0.0
 work = pathlib.Path(sys.argv[1])     # a run's log: runs/<run>.log, or seeds-<recipe>.log for a one-seed recipe
 for log in [*work.glob("runs/*.log"), *work.glob("seeds-*.log")]:
+    if time.time() - log.stat().st_mtime > 30:      # a stopped or finished run (a running one's bar moves)
+        continue
     lines = [l for l in log.read_text(errors="replace").replace("\r", "\n").splitlines() if "train loss" in l]
     m = re.search(r"epoch\s+(\d+)/(\d+)\s.*?([\d.]+)s\s+[\d,]+ img/s", lines[-1]) if lines else None
     if m:
@@ -137,20 +139,21 @@ fi
 
 step "waiting for the runs"
 # RECIPES are in order of priority: while the slowest run's projected finish lies past the budget, the last
-# recipe still training is stopped (its runs keep their checkpoints), so that the others finish sooner
-checked=$SECONDS
+# recipe still training is stopped (its runs keep their checkpoints), so that the others finish sooner; after
+# a stop the next check waits 120 s, for epochs timed without the stopped runs
+checked=$SECONDS; wait_s=45
 while :; do
     running=0
     for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && running=1; done
     [ "$running" = 0 ] && break
-    if [ "$BUDGET" -gt 0 ] && [ $(( SECONDS - train_start )) -ge 60 ] && [ $(( SECONDS - checked )) -ge 45 ]; then
-        checked=$SECONDS
+    if [ "$BUDGET" -gt 0 ] && [ $(( SECONDS - train_start )) -ge 60 ] && [ $(( SECONDS - checked )) -ge "$wait_s" ]; then
+        checked=$SECONDS; wait_s=45
         alive=(); for i in "${!pids[@]}"; do kill -0 "${pids[$i]}" 2>/dev/null && alive+=("$i"); done
         need=$(projected)
         if [ "${#alive[@]}" -gt 1 ] && [ "${need:-0}" -gt "$(left)" ]; then
             last=${alive[-1]}
             echo "projected: $need s more for the slowest run, $(left) s left: stopping recipe ${names[$last]}"
-            kill -TERM -- "-${pids[$last]}" 2>/dev/null
+            kill -TERM -- "-${pids[$last]}" 2>/dev/null; wait_s=120
         fi
     fi
     if [ "$(left)" -le 0 ]; then
