@@ -27,7 +27,7 @@ from model import (ACTIVATIONS, ARCHS, DEFAULT_ACTIVATION, PARAMETER_BUDGET, WID
 from model import training
 from model.checkpoint import (CheckpointError, checkpoint_activation, load, model_from_checkpoint, save_atomic,
                               write_atomic, write_text_atomic)
-from model.training import Stepper, precision
+from model.training import AMP_CHOICES, Stepper, precision
 from pipeline import LoaderUnavailable, build_loader, known_loaders
 from pipeline.format import DataError, read_meta
 from pipeline.policy import AugmentPolicy
@@ -102,9 +102,11 @@ def parse_args(argv=None):
     ap.add_argument("--activation", choices=list(ACTIVATIONS), default=DEFAULT_ACTIVATION,
                     help="the nonlinearity of every layer (stored in the checkpoint)")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    ap.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
+    ap.add_argument("--amp", choices=list(AMP_CHOICES), default="auto",
                     help="mixed precision: auto = bf16 on CUDA where supported (else fp16 with a GradScaler), "
-                         "bf16 on CPUs with native bf16 (avx512_bf16/AMX), fp32 on other CPUs")
+                         "bf16 on CPUs with native bf16 (avx512_bf16/AMX), fp32 on other CPUs; on = autocast "
+                         "even where slow; off = fp32; bf16 / fp16 = autocast to that type on any device "
+                         "(fp16 with a GradScaler)")
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (opt-in)")
     ap.add_argument("--workers", type=int, default=None,
@@ -348,7 +350,10 @@ def run(args) -> dict:
 
 def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
     device = dist.device
-    amp_dtype, amp_note = precision(device, args.amp)
+    try:
+        amp_dtype, amp_note = precision(device, args.amp)
+    except ValueError as e:                         # --amp bf16 on a GPU without bf16
+        raise SystemExit(f"error: {e}") from None
     if dist.main:
         meta = ensure_data(args)
     if dist.enabled:

@@ -16,10 +16,25 @@ def cpu_has_native_bf16() -> bool:
     return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
 
 
+AMP_CHOICES = ("auto", "on", "off", "bf16", "fp16")
+
+
 def precision(device: torch.device, amp: str) -> tuple[torch.dtype | None, str]:
-    """(autocast dtype or None, a sentence saying what runs and why) for ``amp`` in auto/on/off."""
+    """(autocast dtype or None, a sentence saying what runs and why) for ``amp``, one of AMP_CHOICES: auto,
+    on (autocast even where it is slow), off (fp32), or bf16 / fp16 (autocast to that type; fp16 with a
+    GradScaler): the last two make the precision itself a recipe choice on any device."""
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"unknown --amp {amp!r}: choose one of {', '.join(AMP_CHOICES)}.")
     if amp == "off":
         return None, "fp32 (--amp off)"
+    where = "CUDA" if device.type == "cuda" else "the CPU"
+    if amp == "fp16":
+        slow = "" if device.type == "cuda" else "; most CPUs have no native fp16, expect it to be far slower"
+        return torch.float16, f"fp16 autocast with a GradScaler on {where} (--amp fp16{slow})"
+    if amp == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError("--amp bf16: this GPU has no bf16 support; use --amp fp16 or auto.")
+        return torch.bfloat16, f"bf16 autocast on {where} (--amp bf16)"
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():
             return torch.bfloat16, "bf16 autocast on CUDA"

@@ -133,6 +133,32 @@ def test_cpu_amp_path_runs():
     dtype, note = precision(torch.device("cpu"), "on")
     assert dtype == torch.bfloat16 and "bf16" in note
     assert precision(torch.device("cpu"), "off")[0] is None
+    assert precision(torch.device("cpu"), "bf16")[0] == torch.bfloat16
+    with pytest.raises(ValueError, match="choose one of"):
+        precision(torch.device("cpu"), "fp8")
+
+
+def test_fp16_amp_steps_with_a_grad_scaler():
+    """--amp fp16: autocast to float16 with a GradScaler that scales the loss (also on a CPU), the precision
+    the issue-8 study compares with bf16."""
+    import train
+    from model import build_model
+    from model.training import Stepper, precision
+    dtype, note = precision(torch.device("cpu"), "fp16")
+    assert dtype == torch.float16 and "GradScaler" in note
+    assert train.parse_args(["--amp", "fp16"]).amp == "fp16"
+    net = build_model().to(memory_format=torch.channels_last)
+    step = Stepper(net, torch.optim.SGD(net.parameters(), lr=0.01), torch.device("cpu"), dtype, 0.1)
+    assert step.scaler.is_enabled()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 3, 32, 32, generator=g).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (8,), generator=g)
+    before = [p.detach().clone() for p in net.parameters()]
+    with step.autocast():
+        assert net(x).dtype == torch.float16
+    loss, _ = step(x, y)
+    assert math.isfinite(float(loss)) and step.scaler.get_scale() > 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
     net = build_model().to(memory_format=torch.channels_last)
     args = train.parse_args(["--epochs", "1"])
     opt = train.make_optimizer(net, args)
