@@ -11,11 +11,20 @@ all in float32, channels-last, whole pixel values out.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
 from pipeline.params import Params, dropout_fill, grid_sample_theta, ssr_fill
 from pipeline.policy import AugmentPolicy
+
+
+@functools.lru_cache(maxsize=16)
+def channel_constant(values: tuple[float, float, float], device: torch.device) -> torch.Tensor:
+    """(1, 3, 1, 1) float32 on ``device``, made once per value and device: a tensor made from host values at
+    each batch is a copy that makes the host wait for the GPU's queued work (callers must not modify it)."""
+    return torch.tensor(values, dtype=torch.float32, device=device).view(1, 3, 1, 1)
 
 
 def apply(images: torch.Tensor, params: Params, policy: AugmentPolicy) -> torch.Tensor:
@@ -25,7 +34,7 @@ def apply(images: torch.Tensor, params: Params, policy: AugmentPolicy) -> torch.
     x = images.permute(0, 3, 1, 2).float()      # channels-last view of the NHWC batch
     x = torch.where(params.flip.view(-1, 1, 1, 1), x.flip(3), x)
 
-    fill = torch.tensor(ssr_fill(policy), dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    fill = channel_constant(ssr_fill(policy), dev)
     theta = grid_sample_theta(params, h)
     grid = F.affine_grid(theta, [b, 3, h, w], align_corners=False)
     warped = F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
@@ -38,7 +47,7 @@ def apply(images: torch.Tensor, params: Params, policy: AugmentPolicy) -> torch.
     hy, hx = params.hole_y.view(b, -1, 1, 1), params.hole_x.view(b, -1, 1, 1)
     inside = ((rows >= hy) & (rows < hy + d.hole_height) & (cols >= hx) & (cols < hx + d.hole_width)).any(1)
     hole = (inside & params.dropout.view(-1, 1, 1)).unsqueeze(1)
-    hole_value = torch.tensor(dropout_fill(policy), dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    hole_value = channel_constant(tuple(float(v) for v in dropout_fill(policy)), dev)
     x = torch.where(hole, hole_value, x)
     return x.contiguous(memory_format=torch.channels_last)
 

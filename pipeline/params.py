@@ -13,6 +13,7 @@ centre (W/2 - 0.5, H/2 - 0.5) and R = [[cos, sin], [-sin, cos]]; OpenCV warps wi
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, fields
 
@@ -92,10 +93,20 @@ def forward_matrix(params: Params, size: int = 32) -> torch.Tensor:
 def grid_sample_theta(params: Params, size: int = 32) -> torch.Tensor:
     """(n, 2, 3) float32 theta for ``affine_grid(..., align_corners=False)`` that samples the input where
     OpenCV's warpAffine with the forward matrix would: N · M^-1 · N^-1, with N the pixel -> normalized map."""
-    minv = torch.linalg.inv(forward_matrix(params, size))
+    # inv_ex: linalg.inv would check every matrix for singularity, a read back that makes the host wait for the
+    # GPU at each batch; the policy keeps the scales above 0 (scale_limit < 1), so every matrix is invertible
+    minv = torch.linalg.inv_ex(forward_matrix(params, size)).inverse
+    norm, norm_inv = pixel_to_normalized(size, minv.device)
+    return (norm @ minv @ norm_inv)[:, :2].float()
+
+
+@functools.lru_cache(maxsize=8)
+def pixel_to_normalized(size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """N and N^-1 (float64, on ``device``), made once per size and device: a new tensor from host values is a
+    copy that waits for the GPU to finish its queued work, once per batch if made there."""
     norm = torch.tensor([[2 / size, 0, 1 / size - 1], [0, 2 / size, 1 / size - 1], [0, 0, 1]],
-                        dtype=torch.float64, device=minv.device)
-    return (norm @ minv @ torch.linalg.inv(norm))[:, :2].float()
+                        dtype=torch.float64, device=device)
+    return norm, torch.linalg.inv(norm)
 
 
 def ssr_fill(policy: AugmentPolicy) -> tuple[float, float, float]:

@@ -115,3 +115,33 @@ def test_compiled_apply_matches_eager(mini_dir):
         assert a.dtype == b.dtype == torch.uint8
         diff = (a.int() - b.int()).abs()
         assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+def test_cuda_batches_never_make_the_host_wait(mini_dir):
+    """Past the first batch, drawing and augmenting a batch on the GPU queues work and never synchronizes
+    (a singularity check of an inverse, or a tensor made from host values, would make the host wait for the
+    GPU at every batch, and expose the launch time of every training step behind it)."""
+    it = iter(build_loader("gpu", mini_dir, "train", 256, device="cuda", seed=0))
+    next(it)                                    # the epoch's permutation and the cached constants
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            x, y = next(it)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert x.is_cuda and y.is_cuda
+
+
+def test_augment_constants_are_made_once_per_device(mini_dir):
+    """The CPU side of the test above: the policy's fill values and the pixel -> normalized map are made once
+    and reused, not made anew from host values for each batch."""
+    from pipeline import ops, params
+    loader = build_loader("gpu", mini_dir, "train", 64, device="cpu", seed=0)
+    it = iter(loader)
+    next(it)
+    made = ops.channel_constant.cache_info().misses, params.pixel_to_normalized.cache_info().misses
+    for _ in range(3):
+        next(it)
+    assert (ops.channel_constant.cache_info().misses, params.pixel_to_normalized.cache_info().misses) == made
+    assert ops.channel_constant.cache_info().hits >= 6
