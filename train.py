@@ -279,7 +279,7 @@ def train_one_epoch(step: Stepper, loader, sched, per_batch, epoch, epochs, dist
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     n = 0
-    start = time.perf_counter()
+    start = shown = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False, mininterval=1.0,
                dynamic_ncols=True, disable=dist is not None and not dist.main)
     with bar:
@@ -295,8 +295,10 @@ def train_one_epoch(step: Stepper, loader, sched, per_batch, epoch, epochs, dist
             loss_sum += loss * len(y)
             correct += (out.argmax(1) == y).sum()
             n += len(y)
-            if b % 10 == 0:
-                bar.set_postfix(loss=f"{loss_sum.item() / n:.3f}", img_s=f"{n / (time.perf_counter() - start):.0f}")
+            now = time.perf_counter()
+            if now - shown >= 1.0:      # reading the loss waits for the GPU: about once a second, as tqdm redraws
+                shown = now
+                bar.set_postfix(loss=f"{loss_sum.item() / n:.3f}", img_s=f"{n / (now - start):.0f}")
     if not per_batch:
         sched.step()
     if device.type == "cuda":
