@@ -235,13 +235,17 @@ def ensure_data(args) -> dict:
 
 def evaluate(net, loader, device, amp_dtype, dist: "Dist | None" = None) -> tuple[float, float]:
     net.eval()
-    loss_sum, correct, n = 0.0, 0, 0
+    # summed on the device and read back once: a read per batch would make the host wait for the GPU each time
+    loss_t = torch.zeros((), dtype=torch.float64, device=device)
+    correct_t = torch.zeros((), dtype=torch.long, device=device)
+    n = 0
     with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         for x, y in loader:
             out = net(x).float()
-            loss_sum += F.cross_entropy(out, y, reduction="sum").item()
-            correct += (out.argmax(1) == y).sum().item()
+            loss_t += F.cross_entropy(out, y, reduction="sum")
+            correct_t += (out.argmax(1) == y).sum()
             n += len(y)
+    loss_sum, correct = loss_t.item(), int(correct_t.item())
     if dist is not None:
         loss_sum, correct, n = dist.sum(loss_sum, correct, n)
     return loss_sum / n, correct / n

@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import ROOT, needs_mini
 from pipeline import available_loaders
@@ -294,3 +295,19 @@ def test_released_weights_score_on_real_pictures(mini_dir, tmp_path, name):
     assert ev.returncode == 0, ev.stderr
     acc = float(ev.stdout.split("test accuracy: ")[1].split("%")[0])
     assert acc > 100 * card["test_acc"] - 5, (acc, card["test_acc"])
+
+
+def test_evaluate_sums_loss_and_hits_over_batches():
+    """evaluate() sums on the device and reads back once: its loss and accuracy are those of all the batches
+    taken together (unequal batch sizes included)."""
+    import train
+    from model import build_model
+    net = build_model().eval()
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(k, 3, 32, 32, generator=g), torch.randint(0, 10, (k,), generator=g)) for k in (7, 5, 3)]
+    loss, acc = train.evaluate(net, batches, torch.device("cpu"), None)
+    x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    with torch.no_grad():
+        out = net(x)
+    assert loss == pytest.approx(F.cross_entropy(out, y).item(), rel=1e-5)
+    assert acc == (out.argmax(1) == y).sum().item() / 15
