@@ -91,7 +91,8 @@ def make_model(device, channels_last=True, compile=False):
     return (torch.compile(net) if compile else net), opt
 
 
-def model_bound(batch_size, device, amp, channels_last, compile, steps, warmup, train_size) -> dict:
+def model_bound(batch_size, device, amp, channels_last, compile, steps, warmup, train_size, graph=False) -> dict:
+    """Images/s of training steps on one resident batch; ``graph``: the whole step replayed as a CUDA graph."""
     from model.training import Stepper, precision
     net, opt = make_model(device, channels_last, compile)
     dtype, note = precision(device, amp)
@@ -101,16 +102,49 @@ def model_bound(batch_size, device, amp, channels_last, compile, steps, warmup, 
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch_size,), device=device)
     net.train()
-    for _ in range(warmup):
-        step(x, y)
+    if graph:
+        run = captured_step(net, opt, dtype, x, y, warmup)
+    else:
+        run = lambda: step(x, y)                # noqa: E731
+        for _ in range(warmup):
+            run()
     sync(device)
     start = time.perf_counter()
     for _ in range(steps):
-        step(x, y)
+        run()
     sync(device)
     rate = steps * batch_size / (time.perf_counter() - start)
     return {"batch_size": batch_size, "channels_last": channels_last, "amp": amp, "precision": note,
-            "compile": compile, "img_per_s": rate, "epoch_s": train_size / rate}
+            "compile": compile, "graph": graph, "img_per_s": rate, "epoch_s": train_size / rate}
+
+
+def captured_step(net, opt, dtype, x, y, warmup):
+    """One training step (forward under autocast, backward, SGD step) on the fixed batch ``x, y``, captured as
+    a CUDA graph as in PyTorch's whole-network capture: warm-up steps on a side stream, gradients set to None
+    so that the graph allocates them, then one capture; returns the replay, which launches the whole step at
+    once instead of kernel by kernel. CUDA only, and not with fp16 (its GradScaler reads back)."""
+    import torch.nn.functional as F
+    if x.device.type != "cuda" or dtype == torch.float16:
+        raise ValueError("a CUDA graph of the step needs a CUDA device and bf16 or fp32")
+
+    def body():
+        with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None, cache_enabled=False):
+            out = net(x)
+        F.cross_entropy(out.float(), y, label_smoothing=0.1).backward()
+        opt.step()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(max(3, warmup)):
+            opt.zero_grad(set_to_none=True)
+            body()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        body()
+    return graph.replay
 
 
 def end_to_end(name, data_dir, batch_size, device, amp, epochs, max_batches, train_size, profile_dir=None) -> dict:
@@ -182,6 +216,25 @@ def _top_ops(prof, device, k=10) -> list[dict]:
     return rows
 
 
+def bound_configs(batch_size: int, amp: str, which: str, graphs: bool) -> list[tuple]:
+    """The bound's variants, (batch, channels-last, amp, compile, CUDA graph), the first the default. "all"
+    adds the layouts, precisions and compile, the default and compiled at train.py's batch of 128, and with
+    ``graphs`` (a GPU, not fp16) the step as one CUDA graph at both sizes: on an H100 a step took about the
+    same time at batch 128 as at 512, so launches, not arithmetic, bound it."""
+    configs = [(True, amp, False, False), (False, amp, False, False)]
+    if which == "all":
+        configs += [(True, "off", False, False), (False, "off", False, False), (True, "on", False, False),
+                    (True, amp, True, False)]
+    configs = [(batch_size, *c) for c in configs]
+    sizes = [batch_size]
+    if which == "all" and batch_size != TRAIN_BATCH:
+        sizes.append(TRAIN_BATCH)
+        configs += [(TRAIN_BATCH, True, amp, False, False), (TRAIN_BATCH, True, amp, True, False)]
+    if which == "all" and graphs:
+        configs += [(bs, True, amp, False, True) for bs in sizes]
+    return configs
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.measure", description="One engine's measurements (worker).")
     ap.add_argument("--engine", required=True, help="an engine name, or 'bound' for the model-only bound")
@@ -207,15 +260,11 @@ def main(argv=None) -> int:
         torch.backends.cudnn.benchmark = True       # as train.py: fixed shapes, cuDNN times its kernels once
     if args.engine == "bound":
         variants = []
-        configs = [(True, args.amp, False), (False, args.amp, False)]
-        if args.bound_variants == "all":
-            configs += [(True, "off", False), (False, "off", False), (True, "on", False), (True, args.amp, True)]
-        configs = [(args.batch_size, *c) for c in configs]
-        if args.bound_variants == "all" and args.batch_size != TRAIN_BATCH:   # what train.py steps at
-            configs += [(TRAIN_BATCH, True, args.amp, False), (TRAIN_BATCH, True, args.amp, True)]
-        for bs, cl, amp, comp in configs:
+        from model.training import precision
+        graphs = device.type == "cuda" and precision(device, args.amp)[0] != torch.float16
+        for bs, cl, amp, comp, graph in bound_configs(args.batch_size, args.amp, args.bound_variants, graphs):
             variants.append(model_bound(bs, device, amp, cl, comp, args.bound_steps,
-                                        max(2, args.bound_steps // 5), train_size))
+                                        max(2, args.bound_steps // 5), train_size, graph=graph))
         result = {"default": variants[0], "variants": variants}
     else:
         result = {"loader_only": loader_only(args.engine, args.data_dir, args.batch_size, device, args.repeats),

@@ -73,13 +73,14 @@ def markdown(result: dict) -> str:
     if est:
         lines += [f"End-to-end figures are timed over {est} batches per engine (after a warm-up) and scaled to "
                   f"the epoch; the full-epoch measurement is the default.", ""]
-    lines += ["## Model-only bound: batch size, channels-last, AMP, torch.compile", "",
-              "| batch | channels-last | AMP | compile | img/s | epoch s | precision |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += ["## Model-only bound: batch size, channels-last, AMP, torch.compile, CUDA graph", "",
+              "| batch | channels-last | AMP | compile | CUDA graph | img/s | epoch s | precision |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for v in r["model_bound"]["variants"]:      # older reports ran every variant at the one batch size
         bs = v.get("batch_size", r["settings"]["batch_size"])
         lines.append(f"| {bs} | {'on' if v['channels_last'] else 'off'} | {v['amp']} | "
-                     f"{'on' if v['compile'] else 'off'} | {_fmt(v['img_per_s'])} | "
+                     f"{'on' if v['compile'] else 'off'} | {'on' if v.get('graph') else 'off'} | "
+                     f"{_fmt(v['img_per_s'])} | "
                      f"{_fmt(v['epoch_s'], '', 2)} | {v['precision'].split(':')[0].split(' (')[0]} |")
     sizes = sorted({int(s) for e in r["engines"].values() if e.get("available") for s in e["batch_scaling"]})
     lines += ["", "## Batch-size scaling, loader-only img/s", "",

@@ -3,6 +3,7 @@ import json
 import math
 
 import pytest
+import torch
 
 import pipeline
 from pipeline.format import read_meta
@@ -124,7 +125,8 @@ def test_the_full_bound_is_also_measured_at_the_training_batch_size(mini_dir, mo
     from bench.report import markdown
     calls = []
 
-    def fake_bound(batch_size, device, amp, channels_last, compile, steps, warmup, train_size):
+    def fake_bound(batch_size, device, amp, channels_last, compile, steps, warmup, train_size, graph=False):
+        assert not graph                                                # no CUDA graph on a CPU
         calls.append((batch_size, channels_last, amp, compile))
         return {"batch_size": batch_size, "channels_last": channels_last, "amp": amp, "precision": "fp32",
                 "compile": compile, "img_per_s": 1000.0 * batch_size, "epoch_s": train_size / (1000.0 * batch_size)}
@@ -147,3 +149,44 @@ def test_the_full_bound_is_also_measured_at_the_training_batch_size(mini_dir, mo
     assert "| batch | channels-last |" in md and "| 128 | on | auto | on |" in md and "| 512 | off | auto | off |" in md
     del report["model_bound"]["variants"][0]["batch_size"]             # a report from before the column
     assert "| 512 | on | auto | off |" in markdown(report)
+
+
+def test_the_cuda_graph_bound_is_listed_on_a_gpu_only():
+    """On a GPU (not in fp16, whose GradScaler reads back) the bound is also measured with the whole step
+    replayed as one CUDA graph, at 512 and at train.py's 128; on a CPU, or in the quick set, it is not."""
+    from bench.measure import bound_configs
+    gpu = bound_configs(512, "auto", "all", graphs=True)
+    assert gpu[0] == (512, True, "auto", False, False)
+    assert [c for c in gpu if c[4]] == [(512, True, "auto", False, True), (128, True, "auto", False, True)]
+    assert not any(c[4] for c in bound_configs(512, "auto", "all", graphs=False))
+    assert not any(c[4] for c in bound_configs(512, "auto", "quick", graphs=True))
+    assert [c for c in bound_configs(128, "auto", "all", graphs=True) if c[4]] == [(128, True, "auto", False, True)]
+    from bench.measure import captured_step, make_model
+    net, opt = make_model(torch.device("cpu"))
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        captured_step(net, opt, None, torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.long), 1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+def test_cuda_graph_step_trains_like_the_eager_step():
+    """The captured step replays a real training step: from the same start, three replays and three eager
+    steps on the same batch end at nearly the same weights (bf16 or fp32 arithmetic apart)."""
+    from bench.measure import captured_step, make_model
+    from model.training import Stepper, precision
+    device = torch.device("cuda")
+    dtype = precision(device, "auto")[0]
+    x = torch.randn(64, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (64,), device=device)
+    eager, opt_e = make_model(device)
+    graphed, opt_g = make_model(device)                                 # make_model seeds: the same start
+    step = Stepper(eager, opt_e, device, dtype, 0.1)
+    for _ in range(3):            # captured_step runs 3 warm-up steps; the captured one runs only when replayed
+        step(x, y)
+    replay = captured_step(graphed, opt_g, dtype, x, y, 3)
+    for _ in range(3):
+        step(x, y)
+        replay()
+    torch.cuda.synchronize()
+    for a, b in zip(eager.parameters(), graphed.parameters()):
+        assert torch.allclose(a, b, rtol=5e-2, atol=5e-3)
+    assert not torch.equal(graphed.fc.weight, make_model(device)[0].fc.weight)
