@@ -19,9 +19,9 @@
 #       RECIPES (and WORK); unpacked first, the runs resume from their last epoch's checkpoint
 #   CHECKS=0 ...   no CUDA tests or parity check beside the runs (they run only where albumentations was carried)
 #   MPS=1 RECIPES_NO_MPS='...' ...   runs the training under CUDA MPS (one shared context, so the kernels of the
-#       side-by-side runs overlap instead of taking turns: without it 8 runs at batch 128 took 14.1 s per epoch
-#       each, about what one run alone needs times 8). If the MPS daemon cannot start or a CUDA job under it
-#       fails, it is stopped and the study goes on without it, with RECIPES_NO_MPS in place of RECIPES if set
+#       side-by-side runs overlap instead of taking turns: 8 runs took 14.1 s per epoch each without it on an
+#       H200, 8.3-10.7 s under it on an H100). If the MPS daemon cannot start or a CUDA job under it fails, it
+#       is stopped and the study goes on without it, with RECIPES_NO_MPS in place of RECIPES if set
 #
 # The gpu loader and train.py need only what the GPU machine has (torch, numpy, tqdm, matplotlib,
 # tensorboard); the tests, the parity check and the torch engine need albumentations: carry wheels/small
