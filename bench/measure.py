@@ -96,14 +96,14 @@ def model_bound(batch_size, device, amp, channels_last, compile, steps, warmup, 
     from model.training import Stepper, precision
     net, opt = make_model(device, channels_last, compile)
     dtype, note = precision(device, amp)
-    step = Stepper(net, opt, device, dtype, 0.1)
+    step = Stepper(net, opt, device, dtype, 0.1, autocast_cache=not graph)
     x = torch.randn(batch_size, 3, 32, 32, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch_size,), device=device)
     net.train()
     if graph:
-        run = captured_step(net, opt, dtype, x, y, warmup)
+        run = captured_step(step, x, y, warmup)
     else:
         run = lambda: step(x, y)                # noqa: E731
         for _ in range(warmup):
@@ -118,32 +118,24 @@ def model_bound(batch_size, device, amp, channels_last, compile, steps, warmup, 
             "compile": compile, "graph": graph, "img_per_s": rate, "epoch_s": train_size / rate}
 
 
-def captured_step(net, opt, dtype, x, y, warmup):
-    """One training step (forward under autocast, backward, SGD step) on the fixed batch ``x, y``, captured as
-    a CUDA graph as in PyTorch's whole-network capture: warm-up steps on a side stream, gradients set to None
-    so that the graph allocates them, then one capture; returns the replay, which launches the whole step at
-    once instead of kernel by kernel. CUDA only, and not with fp16 (its GradScaler reads back)."""
-    import torch.nn.functional as F
-    if x.device.type != "cuda" or dtype == torch.float16:
-        raise ValueError("a CUDA graph of the step needs a CUDA device and bf16 or fp32")
-
-    def body():
-        with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None, cache_enabled=False):
-            out = net(x)
-        F.cross_entropy(out.float(), y, label_smoothing=0.1).backward()
-        opt.step()
-
+def captured_step(step, x, y, warmup):
+    """The Stepper's training step on the fixed batch ``x, y``, captured as a CUDA graph as in PyTorch's
+    whole-network capture: warm-up steps on a side stream, then one capture, in which the step sets the
+    gradients to None before its backward so that the graph allocates them; returns the replay, which launches
+    the whole step at once instead of kernel by kernel. CUDA only, not fp16 (its GradScaler reads back), and
+    with the Stepper's autocast_cache off."""
+    if x.device.type != "cuda" or step.amp_dtype == torch.float16 or step.autocast_cache:
+        raise ValueError("a CUDA graph of the step needs a CUDA device, bf16 or fp32, and a Stepper made with "
+                         "autocast_cache=False")
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(max(3, warmup)):
-            opt.zero_grad(set_to_none=True)
-            body()
+            step(x, y)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    opt.zero_grad(set_to_none=True)
     with torch.cuda.graph(graph):
-        body()
+        step(x, y)
     return graph.replay
 
 

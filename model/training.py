@@ -58,14 +58,17 @@ def make_optimizer(net: torch.nn.Module, lr: float, momentum: float = 0.9, neste
 class Stepper:
     """One optimizer step under autocast (and a GradScaler for fp16)."""
 
-    def __init__(self, net, opt, device: torch.device, amp_dtype: torch.dtype | None, label_smoothing: float = 0.0):
+    def __init__(self, net, opt, device: torch.device, amp_dtype: torch.dtype | None, label_smoothing: float = 0.0,
+                 autocast_cache: bool = True):
+        """``autocast_cache=False`` for a step captured as a CUDA graph (bench.measure.captured_step): autocast's
+        cache of cast weights must not outlive the capture."""
         self.net, self.opt, self.device = net, opt, device
-        self.amp_dtype, self.smoothing = amp_dtype, label_smoothing
+        self.amp_dtype, self.smoothing, self.autocast_cache = amp_dtype, label_smoothing, autocast_cache
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                              enabled=self.amp_dtype is not None)
+                              enabled=self.amp_dtype is not None, cache_enabled=self.autocast_cache)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (loss, logits), both detached."""

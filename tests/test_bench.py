@@ -162,9 +162,11 @@ def test_the_cuda_graph_bound_is_listed_on_a_gpu_only():
     assert not any(c[4] for c in bound_configs(512, "auto", "quick", graphs=True))
     assert [c for c in bound_configs(128, "auto", "all", graphs=True) if c[4]] == [(128, True, "auto", False, True)]
     from bench.measure import captured_step, make_model
+    from model.training import Stepper
     net, opt = make_model(torch.device("cpu"))
+    step = Stepper(net, opt, torch.device("cpu"), None, 0.1, autocast_cache=False)
     with pytest.raises(ValueError, match="needs a CUDA device"):
-        captured_step(net, opt, None, torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.long), 1)
+        captured_step(step, torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.long), 1)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
@@ -182,7 +184,7 @@ def test_cuda_graph_step_trains_like_the_eager_step():
     step = Stepper(eager, opt_e, device, dtype, 0.1)
     for _ in range(3):            # captured_step runs 3 warm-up steps; the captured one runs only when replayed
         step(x, y)
-    replay = captured_step(graphed, opt_g, dtype, x, y, 3)
+    replay = captured_step(Stepper(graphed, opt_g, device, dtype, 0.1, autocast_cache=False), x, y, 3)
     for _ in range(3):
         step(x, y)
         replay()
