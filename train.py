@@ -27,7 +27,7 @@ from model import (ACTIVATIONS, ARCHS, DEFAULT_ACTIVATION, PARAMETER_BUDGET, WID
 from model import training
 from model.checkpoint import (CheckpointError, checkpoint_activation, load, model_from_checkpoint, save_atomic,
                               write_atomic, write_text_atomic)
-from model.training import AMP_CHOICES, Stepper, precision
+from model.training import AMP_CHOICES, GraphStepper, Stepper, graph_problem, precision
 from pipeline import LoaderUnavailable, build_loader, known_loaders
 from pipeline.format import DataError, read_meta
 from pipeline.policy import AugmentPolicy
@@ -109,6 +109,11 @@ def parse_args(argv=None):
                          "(fp16 with a GradScaler)")
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (opt-in)")
+    ap.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=False,
+                    help="record the training step once per batch size as a CUDA graph and replay it: one launch "
+                         "per step instead of hundreds, which bound this small net on an H100 (CUDA, one process, "
+                         "bf16 or fp32, not with --compile; SGD then runs fused, with the learning rate as a GPU "
+                         "tensor, the same update)")
     ap.add_argument("--workers", type=int, default=None,
                     help="loader workers: torch DataLoader processes, FFCV threads, DALI threads (gpu: none)")
     ap.add_argument("--seed", type=int, default=0)
@@ -202,8 +207,9 @@ def set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss_next))
 
 
-def make_optimizer(net, args):
-    return training.make_optimizer(net, args.lr, args.momentum, args.nesterov, args.weight_decay)
+def make_optimizer(net, args, device=None):
+    return training.make_optimizer(net, args.lr, args.momentum, args.nesterov, args.weight_decay,
+                                   graph_device=device if args.cuda_graph else None)
 
 
 def make_scheduler(opt, args, steps_per_epoch):
@@ -360,6 +366,13 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
         amp_dtype, amp_note = precision(device, args.amp)
     except ValueError as e:                         # --amp bf16 on a GPU without bf16
         raise SystemExit(f"error: {e}") from None
+    if args.cuda_graph:
+        if dist.enabled or args.compile:
+            raise SystemExit("error: --cuda-graph replays one process's step as it was recorded: leave it off "
+                             f"{'with torchrun' if dist.enabled else 'with --compile'}.")
+        problem = graph_problem(device, amp_dtype)
+        if problem:
+            raise SystemExit(f"error: {problem}")
     if dist.main:
         meta = ensure_data(args)
     if dist.enabled:
@@ -385,7 +398,7 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
     net = build_model(args.arch, len(meta["classes"]), args.widths, args.activation).to(device)
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    opt = make_optimizer(net, args)
+    opt = make_optimizer(net, args, device)
     sched, per_batch = make_scheduler(opt, args, len(train_loader))
     metrics, start_epoch = [], 0
     ema = make_ema(net, args.ema)
@@ -407,7 +420,7 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
             net.load_state_dict(ckpt["trained_model"])
         else:
             net.load_state_dict(tested)
-        opt.load_state_dict(ckpt["optimizer"])
+        training.load_optimizer_state(opt, ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         scaler_state = ckpt["scaler"]
         set_rng_state(ckpt["rng"])
@@ -420,7 +433,10 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
         from torch.nn.parallel import DistributedDataParallel
         wrapped = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     compiled = torch.compile(wrapped) if args.compile else wrapped
-    step = Stepper(compiled, opt, device, amp_dtype, args.label_smoothing)
+    if args.cuda_graph:
+        step = GraphStepper(compiled, opt, device, amp_dtype, args.label_smoothing)
+    else:
+        step = Stepper(compiled, opt, device, amp_dtype, args.label_smoothing)
     if args.resume:
         step.scaler.load_state_dict(scaler_state)
     if dist.main:
@@ -442,7 +458,7 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
           f"loader {args.loader}, {len(train_loader)} batches of {args.batch_size}; device {device}"
           f"{f' ({threads(torch.get_num_threads())})' if device.type == 'cpu' else ''}; "
           f"{amp_note}; {'channels-last' if args.channels_last else 'contiguous'}"
-          f"{'; torch.compile' if args.compile else ''}"
+          f"{'; torch.compile' if args.compile else ''}{'; CUDA graph' if args.cuda_graph else ''}"
           f"{f'; {dist.world} processes (DistributedDataParallel)' if dist.enabled else ''}")
 
     from torch.utils.tensorboard import SummaryWriter
@@ -461,7 +477,7 @@ def _train(args, dist, out, ckpt_path, train_loader, test_loader, net, compiled,
     try:
         for epoch in range(start_epoch, args.epochs):
             train_loader.set_epoch(epoch)
-            lr = opt.param_groups[0]["lr"]
+            lr = float(opt.param_groups[0]["lr"])          # a GPU tensor with --cuda-graph
             seen = [] if args.log_samples else None
             tr_loss, tr_acc, seconds, img_s = train_one_epoch(step, train_loader, sched, per_batch, epoch,
                                                               args.epochs, dist, seen, ema, net)
@@ -488,7 +504,7 @@ def _train(args, dist, out, ckpt_path, train_loader, test_loader, net, compiled,
             save_atomic({"model": tested.state_dict(), "arch": args.arch, "widths": list(net.widths),
                          "layout": layout(net), "activation": activation(net), **extra,
                          "num_classes": len(meta["classes"]),
-                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                         "optimizer": training.optimizer_state(opt), "scheduler": training.scheduler_state(sched),
                          "scaler": step.scaler.state_dict(), "rng": rng_state(), "epoch": epoch + 1,
                          "metrics": metrics, "config": config}, ckpt_path)
             write_json(metrics, out / "metrics.json")

@@ -131,7 +131,7 @@ PYEOF
 
 if [ "$HAVE_ALBU" = 1 ] && [ "$CHECKS" = 1 ]; then
     step "tests and parity of the gpu engine on $DEVICE (beside the training)"
-    timeout 150 $PY -m pytest -q -rs -p no:cacheprovider tests/test_gpu_engine.py -k "$DEVICE" 2>&1 \
+    timeout 150 $PY -m pytest -q -rs -p no:cacheprovider tests/test_gpu_engine.py tests/test_graph_step.py -k "$DEVICE" 2>&1 \
         | tee "$WORK/pytest-$DEVICE.txt" | tail -n 5
     timeout 120 $PY -m pipeline.parity --loader gpu --device "$DEVICE" --data-dir "$DATA" --out "$WORK/parity" \
         > "$WORK/parity-gpu-$DEVICE.txt" 2>&1; tail -n 8 "$WORK/parity-gpu-$DEVICE.txt"

@@ -46,7 +46,7 @@ for engine in gpu dali ffcv; do
 done
 
 step "CUDA tests"
-CIFARFLOW_SHARED=${CIFARFLOW_SHARED:-../shared} $PY -m pytest -q -rs tests/test_gpu_engine.py tests/test_dali_engine.py \
+CIFARFLOW_SHARED=${CIFARFLOW_SHARED:-../shared} $PY -m pytest -q -rs tests/test_gpu_engine.py tests/test_dali_engine.py tests/test_graph_step.py \
     -k "cuda" 2>&1 | tee "$OUT/pytest-cuda.txt" || true
 
 step "benchmark"

@@ -80,34 +80,40 @@ def batch_scaling(name, data_dir, sizes, device) -> dict:
     return out
 
 
-def make_model(device, channels_last=True, compile=False):
+def make_model(device, channels_last=True, compile=False, graph=False):
+    """The default net (seeded) and its optimizer; ``graph``: the optimizer a CUDA-graph step needs."""
     from model import build_model
     from model.training import make_optimizer
     torch.manual_seed(0)
     net = build_model().to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    opt = make_optimizer(net, lr=0.05)
+    opt = make_optimizer(net, lr=0.05, graph_device=device if graph else None)
     return (torch.compile(net) if compile else net), opt
 
 
-def model_bound(batch_size, device, amp, channels_last, compile, steps, warmup, train_size, graph=False) -> dict:
-    """Images/s of training steps on one resident batch; ``graph``: the whole step replayed as a CUDA graph."""
-    from model.training import Stepper, precision
-    net, opt = make_model(device, channels_last, compile)
+def make_step(device, amp, channels_last=True, compile=False, graph=False):
+    """(net, step, precision note): train.py's step, eager (Stepper) or replayed as a CUDA graph (GraphStepper,
+    as --cuda-graph trains)."""
+    from model.training import GraphStepper, Stepper, precision
+    net, opt = make_model(device, channels_last, compile, graph)
     dtype, note = precision(device, amp)
-    step = Stepper(net, opt, device, dtype, 0.1, autocast_cache=not graph)
+    step = (GraphStepper if graph else Stepper)(net, opt, device, dtype, 0.1)
+    return net, step, note
+
+
+def model_bound(batch_size, device, amp, channels_last, compile, steps, warmup, train_size, graph=False) -> dict:
+    """Images/s of training steps on one resident batch; ``graph``: the whole step replayed as a CUDA graph
+    (the batch is still copied into the graph's input each step, as in training)."""
+    net, step, note = make_step(device, amp, channels_last, compile, graph)
     x = torch.randn(batch_size, 3, 32, 32, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch_size,), device=device)
     net.train()
-    if graph:
-        run = captured_step(step, x, y, warmup)
-    else:
-        run = lambda: step(x, y)                # noqa: E731
-        for _ in range(warmup):
-            run()
+    run = lambda: step(x, y)                    # noqa: E731
+    for _ in range(max(warmup, 4) if graph else warmup):      # a graph step: 3 eager, then the capture
+        run()
     sync(device)
     start = time.perf_counter()
     for _ in range(steps):
@@ -118,32 +124,10 @@ def model_bound(batch_size, device, amp, channels_last, compile, steps, warmup, 
             "compile": compile, "graph": graph, "img_per_s": rate, "epoch_s": train_size / rate}
 
 
-def captured_step(step, x, y, warmup):
-    """The Stepper's training step on the fixed batch ``x, y``, captured as a CUDA graph as in PyTorch's
-    whole-network capture: warm-up steps on a side stream, then one capture, in which the step sets the
-    gradients to None before its backward so that the graph allocates them; returns the replay, which launches
-    the whole step at once instead of kernel by kernel. CUDA only, not fp16 (its GradScaler reads back), and
-    with the Stepper's autocast_cache off."""
-    if x.device.type != "cuda" or step.amp_dtype == torch.float16 or step.autocast_cache:
-        raise ValueError("a CUDA graph of the step needs a CUDA device, bf16 or fp32, and a Stepper made with "
-                         "autocast_cache=False")
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(max(3, warmup)):
-            step(x, y)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step(x, y)
-    return graph.replay
-
-
-def end_to_end(name, data_dir, batch_size, device, amp, epochs, max_batches, train_size, profile_dir=None) -> dict:
-    from model.training import Stepper, precision
-    net, opt = make_model(device)
-    dtype, note = precision(device, amp)
-    step = Stepper(net, opt, device, dtype, 0.1)
+def end_to_end(name, data_dir, batch_size, device, amp, epochs, max_batches, train_size, profile_dir=None,
+               graph=False) -> dict:
+    """Training on the engine's batches; ``graph``: with the step replayed as a CUDA graph (--cuda-graph)."""
+    net, step, note = make_step(device, amp, graph=graph)
     loader = _loader(name, data_dir, batch_size, device, seed=1)
     net.train()
     for b, (x, y) in enumerate(loader):         # warm-up: a few steps of a first epoch
@@ -154,7 +138,9 @@ def end_to_end(name, data_dir, batch_size, device, amp, epochs, max_batches, tra
     if max_batches is None and last:
         # a timed full epoch ends in a smaller batch: a new shape, for which cuDNN (benchmark mode) times its
         # kernels anew, seconds on a GPU that training pays once per run, not once per epoch; pay it here
-        step(x[:last], y[:last])
+        # (a graph step: its 3 eager steps and the capture of that size too)
+        for _ in range(4 if graph else 1):
+            step(x[:last], y[:last])
     seconds, rates = [], []
     for e in range(epochs):                     # timed without the profiler: it slows every step it sees
         loader.set_epoch(e + 1)
@@ -253,7 +239,8 @@ def main(argv=None) -> int:
     if args.engine == "bound":
         variants = []
         from model.training import precision
-        graphs = device.type == "cuda" and precision(device, args.amp)[0] != torch.float16
+        from model.training import graph_problem
+        graphs = graph_problem(device, precision(device, args.amp)[0]) is None     # a GPU, not fp16
         for bs, cl, amp, comp, graph in bound_configs(args.batch_size, args.amp, args.bound_variants, graphs):
             variants.append(model_bound(bs, device, amp, cl, comp, args.bound_steps,
                                         max(2, args.bound_steps // 5), train_size, graph=graph))
@@ -264,9 +251,15 @@ def main(argv=None) -> int:
                                                  [int(v) for v in args.scaling.split(",") if v], device),
                   "end_to_end": end_to_end(args.engine, args.data_dir, args.batch_size, device, args.amp,
                                            args.e2e_epochs, args.e2e_batches, train_size, args.profile_dir)}
-        e2e = result["end_to_end"]
-        e2e["epoch_s"] = stats([train_size / r for r in e2e["img_per_s"]["values"]])
-        e2e["estimated_from_batches"] = args.e2e_batches
+        from model.training import graph_problem, precision
+        if graph_problem(device, precision(device, args.amp)[0]) is None:    # a GPU, not fp16
+            result["end_to_end_graph"] = end_to_end(args.engine, args.data_dir, args.batch_size, device, args.amp,
+                                                    args.e2e_epochs, args.e2e_batches, train_size, graph=True)
+        for key in ("end_to_end", "end_to_end_graph"):
+            if key in result:
+                e2e = result[key]
+                e2e["epoch_s"] = stats([train_size / r for r in e2e["img_per_s"]["values"]])
+                e2e["estimated_from_batches"] = args.e2e_batches
     result["peak_host_rss_mb"] = peak_host_rss_mb()
     result["peak_device_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     print(json.dumps(result))
