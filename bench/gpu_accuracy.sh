@@ -17,7 +17,8 @@
 #       goes on with the runs a budget stopped in an earlier call, even one of an earlier session (a fresh
 #       machine): save that call's archives here in a git-ignored folder (gpu/ above), carry it, give the same
 #       RECIPES (and WORK); unpacked first, the runs resume from their last epoch's checkpoint
-#   CHECKS=0 ...   no CUDA tests or parity check beside the runs (they run only where albumentations was carried)
+#   CHECKS=0 ...   no CUDA tests or parity check beside the runs (the gpu engine's tests and parity run only where
+#       albumentations was carried; the --cuda-graph tests on any GPU)
 #   MPS=1 RECIPES_NO_MPS='...' ...   runs the training under CUDA MPS (one shared context, so the kernels of the
 #       side-by-side runs overlap instead of taking turns: 8 runs took 14.1 s per epoch each without it on an
 #       H200, 8.3-10.7 s under it on an H100). If the MPS daemon cannot start or a CUDA job under it fails, it
@@ -129,9 +130,14 @@ print(int(need))
 PYEOF
 }
 
+if [ "$CHECKS" = 1 ] && [ "$DEVICE" = cuda ]; then
+    step "CUDA tests of train.py --cuda-graph (beside the training; they need no albumentations)"
+    timeout 150 $PY -m pytest -q -rs -p no:cacheprovider tests/test_graph_step.py -k cuda 2>&1 \
+        | tee "$WORK/pytest-graph-step.txt" | tail -n 5
+fi
 if [ "$HAVE_ALBU" = 1 ] && [ "$CHECKS" = 1 ]; then
     step "tests and parity of the gpu engine on $DEVICE (beside the training)"
-    timeout 150 $PY -m pytest -q -rs -p no:cacheprovider tests/test_gpu_engine.py tests/test_graph_step.py -k "$DEVICE" 2>&1 \
+    timeout 150 $PY -m pytest -q -rs -p no:cacheprovider tests/test_gpu_engine.py -k "$DEVICE" 2>&1 \
         | tee "$WORK/pytest-$DEVICE.txt" | tail -n 5
     timeout 120 $PY -m pipeline.parity --loader gpu --device "$DEVICE" --data-dir "$DATA" --out "$WORK/parity" \
         > "$WORK/parity-gpu-$DEVICE.txt" 2>&1; tail -n 8 "$WORK/parity-gpu-$DEVICE.txt"
