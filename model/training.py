@@ -195,6 +195,8 @@ class GraphStepper:
     def _capture(self, x, y):
         static_x, static_y = x.clone(), y.clone()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):           # records the step; it runs when replayed
+        # records the step (it runs when replayed); "thread_local": the loaders' own threads (DALI, FFCV) may go on
+        # calling CUDA on their streams meanwhile, which the default ("global") would make fail
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             loss, out = self.step(static_x, static_y)
         return graph, static_x, static_y, loss, out
