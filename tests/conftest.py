@@ -60,6 +60,17 @@ def mini_dir(tmp_path_factory, mini_source) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """600 generated training pictures and 200 test ones, converted once: for tests of mechanics (kill and
+    resume) that train several short runs and need no real pictures; an epoch takes a tenth of mini's."""
+    from pipeline.convert import convert
+    source = write_batches(tmp_path_factory.mktemp("tiny") / "cifar-10-batches-py", per_batch=120, test_count=200)
+    out = tmp_path_factory.mktemp("converted") / "tiny"
+    convert(str(source), out, log=lambda *a: None)
+    return out
+
+
+@pytest.fixture(scope="session")
 def jpeg_dir(tmp_path_factory) -> Path:
     if not HAVE_JPEG:
         pytest.skip(f"cifar10-jpeg archive absent ({JPEG_ARCHIVE})")

@@ -49,8 +49,8 @@ def _weights(path):
 
 
 @pytest.mark.parametrize("ema", [0, 0.9])
-def test_a_killed_run_resumes_to_the_same_weights(mini_dir, tmp_path, ema):
-    common = ("--data-dir", mini_dir, "--epochs", 2, "--seed", 3, "--ema", ema)
+def test_a_killed_run_resumes_to_the_same_weights(tiny_dir, tmp_path, ema):
+    common = ("--data-dir", tiny_dir, "--epochs", 2, "--seed", 3, "--ema", ema)
     straight = tmp_path / "straight"
     assert run(train_cmd(*common, "--out", straight)).returncode == 0
 
