@@ -19,6 +19,8 @@ import time
 
 import torch
 
+from model.training import GRAPH_WARMUP
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -112,7 +114,7 @@ def model_bound(batch_size, device, amp, channels_last, compile, steps, warmup, 
     y = torch.randint(0, 10, (batch_size,), device=device)
     net.train()
     run = lambda: step(x, y)                    # noqa: E731
-    for _ in range(max(warmup, 4) if graph else warmup):      # a graph step: 3 eager, then the capture
+    for _ in range(max(warmup, GRAPH_WARMUP + 1) if graph else warmup):    # a graph step: eager, then recorded
         run()
     sync(device)
     start = time.perf_counter()
@@ -138,8 +140,8 @@ def end_to_end(name, data_dir, batch_size, device, amp, epochs, max_batches, tra
     if max_batches is None and last:
         # a timed full epoch ends in a smaller batch: a new shape, for which cuDNN (benchmark mode) times its
         # kernels anew, seconds on a GPU that training pays once per run, not once per epoch; pay it here
-        # (a graph step: its 3 eager steps and the capture of that size too)
-        for _ in range(4 if graph else 1):
+        # (a graph step: its eager steps and the recording of that size too)
+        for _ in range(GRAPH_WARMUP + 1 if graph else 1):
             step(x[:last], y[:last])
     seconds, rates = [], []
     for e in range(epochs):                     # timed without the profiler: it slows every step it sees
@@ -236,11 +238,10 @@ def main(argv=None) -> int:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         torch.backends.cudnn.benchmark = True       # as train.py: fixed shapes, cuDNN times its kernels once
+    from model.training import graph_problem, precision
+    graphs = graph_problem(device, precision(device, args.amp)[0]) is None     # a GPU, not fp16
     if args.engine == "bound":
         variants = []
-        from model.training import precision
-        from model.training import graph_problem
-        graphs = graph_problem(device, precision(device, args.amp)[0]) is None     # a GPU, not fp16
         for bs, cl, amp, comp, graph in bound_configs(args.batch_size, args.amp, args.bound_variants, graphs):
             variants.append(model_bound(bs, device, amp, cl, comp, args.bound_steps,
                                         max(2, args.bound_steps // 5), train_size, graph=graph))
@@ -251,8 +252,7 @@ def main(argv=None) -> int:
                                                  [int(v) for v in args.scaling.split(",") if v], device),
                   "end_to_end": end_to_end(args.engine, args.data_dir, args.batch_size, device, args.amp,
                                            args.e2e_epochs, args.e2e_batches, train_size, args.profile_dir)}
-        from model.training import graph_problem, precision
-        if graph_problem(device, precision(device, args.amp)[0]) is None:    # a GPU, not fp16
+        if graphs:
             result["end_to_end_graph"] = end_to_end(args.engine, args.data_dir, args.batch_size, device, args.amp,
                                                     args.e2e_epochs, args.e2e_batches, train_size, graph=True)
         for key in ("end_to_end", "end_to_end_graph"):

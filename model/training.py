@@ -124,6 +124,9 @@ class Stepper:
         return loss.detach(), out.detach()
 
 
+GRAPH_WARMUP = 3       # eager steps of each batch size before GraphStepper records it
+
+
 def graph_problem(device: torch.device, amp_dtype: torch.dtype | None) -> str | None:
     """Why the training step cannot be replayed as a CUDA graph on ``device`` in ``amp_dtype`` (a sentence
     for the user), or None."""
@@ -152,7 +155,7 @@ class GraphStepper:
     batch size overwrites them, so use them before it (train.py adds them to its sums at once)."""
 
     def __init__(self, net, opt, device: torch.device, amp_dtype: torch.dtype | None, label_smoothing: float = 0.0,
-                 warmup: int = 3):
+                 warmup: int = GRAPH_WARMUP):
         problem = graph_problem(device, amp_dtype)
         if problem:
             raise ValueError(problem)
@@ -160,7 +163,7 @@ class GraphStepper:
             raise ValueError("the optimizer of a CUDA-graph step must be fused SGD with its learning rates as tensors "
                              "on the GPU: make it with make_optimizer(..., graph_device=device).")
         self.step = Stepper(net, opt, device, amp_dtype, label_smoothing, autocast_cache=False)
-        self.net, self.opt, self.device, self.amp_dtype = net, opt, device, amp_dtype
+        self.net, self.opt, self.device = net, opt, device
         self.scaler = self.step.scaler          # disabled (not fp16); kept for the checkpoint's "scaler" entry
         self.warmup = max(1, warmup)
         self.lrs = [g["lr"] for g in opt.param_groups]
