@@ -23,14 +23,16 @@ import torch
 import torch.nn.functional as F
 
 from model import (ACTIVATIONS, ARCHS, DEFAULT_ACTIVATION, PARAMETER_BUDGET, WIDTHS, activation, build_model,
-                   count_parameters, layout, receptive_field)
+                   count_parameters, layout, receptive_field, whiten_first_conv)
 from model import training
 from model.checkpoint import (CheckpointError, checkpoint_activation, load, model_from_checkpoint, save_atomic,
                               write_atomic, write_text_atomic)
 from model.training import AMP_CHOICES, GraphStepper, Stepper, graph_problem, precision
 from pipeline import LoaderUnavailable, build_loader, known_loaders
-from pipeline.format import DataError, read_meta
+from pipeline.format import DataError, load_split, read_meta
 from pipeline.policy import AugmentPolicy
+
+WHITEN_IMAGES = 5000        # --whiten's sample of the training images (airbench takes 5,000 too)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,6 +103,10 @@ def parse_args(argv=None):
                          f"the model must stay under {PARAMETER_BUDGET:,} parameters")
     ap.add_argument("--activation", choices=list(ACTIVATIONS), default=DEFAULT_ACTIVATION,
                     help="the nonlinearity of every layer (stored in the checkpoint)")
+    ap.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=False,
+                    help="set C1's first convolution to a whitening of the training images' 3x3 patches (their "
+                         f"{WHITEN_IMAGES:,} images spread over the set; 16 principal directions and their "
+                         "negatives) and freeze it, as airbench does; its parameters still count")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--amp", choices=list(AMP_CHOICES), default="auto",
                     help="mixed precision: auto = bf16 on CUDA where supported (else fp16 with a GradScaler), "
@@ -137,6 +143,20 @@ def parse_args(argv=None):
 # ---------------------------------------------------------------------------------------------
 # set-up helpers
 # ---------------------------------------------------------------------------------------------
+
+def whitening_images(data_dir, meta: dict, n: int = None) -> torch.Tensor:
+    """--whiten's sample: ``n`` training images taken at an even stride over the whole split (a converted
+    image-folder tree is stored class by class, so its first images are one class), normalised with the
+    split's mean and std as every loader normalises them; float32 N x 3 x 32 x 32 on the CPU."""
+    split, _ = load_split(data_dir, "train", verify=False)
+    images = split.images
+    n = min(n or WHITEN_IMAGES, len(images))
+    picked = np.asarray(images[np.linspace(0, len(images) - 1, n).round().astype(np.int64)])
+    x = torch.from_numpy(picked).permute(0, 3, 1, 2).float()
+    mean = torch.tensor(meta["mean"], dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(meta["std"], dtype=torch.float32).view(1, 3, 1, 1)
+    return (x - mean) / std
+
 
 # the option through which each engine takes --workers
 WORKER_OPTION = {"torch": "num_workers", "ffcv": "num_workers", "dali": "num_threads"}
@@ -396,6 +416,8 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
                                seed=args.seed, policy=policy, **options)
 
     net = build_model(args.arch, len(meta["classes"]), args.widths, args.activation).to(device)
+    if args.whiten:     # computed on the CPU, so every device gets the same filters; a resumed run's are saved
+        whiten_first_conv(net, None if args.resume else whitening_images(args.data_dir, meta))
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
     opt = make_optimizer(net, args, device)
@@ -407,8 +429,10 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
         ckpt = load(ckpt_path)
         # the activation as model_from_checkpoint builds it: runs from before --activation have none in their args
         saved = {**ckpt["config"]["args"], "activation": checkpoint_activation(ckpt)}
-        for key in ("arch", "widths", "activation", "loader", "batch_size", "epochs", "schedule", "seed", "lr", "ema"):
-            before = saved.get(key, 0.0 if key == "ema" else None)    # runs from before --ema had none
+        for key in ("arch", "widths", "activation", "loader", "batch_size", "epochs", "schedule", "seed", "lr", "ema",
+                    "whiten"):
+            # runs from before --ema and --whiten had neither
+            before = saved.get(key, {"ema": 0.0, "whiten": False}.get(key))
             if before != getattr(args, key):
                 raise SystemExit(f"error: --resume: the run in {out} used --{key.replace('_', '-')} "
                                  f"{before}, not {getattr(args, key)}: pass the same value.")
@@ -453,6 +477,8 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
     variant = " (widths " + " ".join(map(str, net.widths)) + ")" if args.widths else ""
     if args.activation != DEFAULT_ACTIVATION:
         variant += f" ({args.activation})"
+    if args.whiten:
+        variant += " (first convolution whitened, frozen)"
     print(f"{args.arch}{variant}: {count_parameters(net):,} parameters, "
           f"receptive field {receptive_field(net)}; "
           f"loader {args.loader}, {len(train_loader)} batches of {args.batch_size}; device {device}"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ARCHS = ("c1c2c3c4", "dilated")
@@ -125,7 +126,51 @@ def build_model(arch: str = "c1c2c3c4", num_classes: int = 10, widths=None,
 
 
 def count_parameters(net: nn.Module) -> int:
-    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+    """Every parameter, trained or frozen (a whitened first convolution counts toward the budget too)."""
+    return sum(p.numel() for p in net.parameters())
+
+
+def first_conv(net: nn.Module) -> nn.Conv2d:
+    """C1's first convolution: the one layer that sees the pixels."""
+    return conv_layers(net)[0][1]
+
+
+def whitening_filters(images: torch.Tensor, out_channels: int, eps: float = 5e-4,
+                      chunk: int = 500) -> torch.Tensor:
+    """3x3 filters that whiten the image patches of ``images`` (float N x C x H x W, normalised as the
+    net sees them): the eigenvectors of the patches' second-moment matrix with the largest
+    ``out_channels // 2`` eigenvalues, each scaled by 1 / sqrt(eigenvalue + eps), then the same filters
+    negated, so that a ReLU after them passes both signs (airbench's whitening initialisation). Returns
+    (out_channels, C, 3, 3) float32, deterministic for given images."""
+    c = images.shape[1]
+    k, dim = out_channels // 2, c * 9
+    if out_channels % 2 or not 1 <= k <= dim:
+        raise ValueError(f"a whitening convolution needs an even number of filters, at most {2 * dim}, "
+                         f"not {out_channels}.")
+    moment = torch.zeros(dim, dim, dtype=torch.float64, device=images.device)
+    count = 0
+    for part in images.split(chunk):
+        # (B, C*9, L): unfold orders each patch channel-major, as a conv weight's (C, 3, 3) flattens
+        patches = F.unfold(part.to(torch.float64), 3).transpose(1, 2).reshape(-1, dim)
+        moment += patches.T @ patches
+        count += len(patches)
+    values, vectors = torch.linalg.eigh(moment / count)       # ascending
+    values, vectors = values.flip(0)[:k], vectors.flip(1)[:, :k]
+    filters = (vectors / torch.sqrt(values.clamp_min(0) + eps)).T.reshape(k, c, 3, 3)
+    return torch.cat([filters, -filters]).float()
+
+
+def whiten_first_conv(net: nn.Module, images: torch.Tensor | None) -> None:
+    """train.py --whiten: set C1's first convolution to whitening_filters(images) and freeze it (it is not
+    trained; its BatchNorm after it is). ``images=None`` only freezes it: a resumed run, whose weights come
+    from its checkpoint."""
+    conv = first_conv(net)
+    if conv.kernel_size != (3, 3):
+        raise ValueError("whitening expects a 3x3 first convolution.")
+    if images is not None:
+        with torch.no_grad():
+            conv.weight.copy_(whitening_filters(images, conv.out_channels))
+    conv.weight.requires_grad_(False)
 
 
 def conv_layers(net: nn.Module) -> list[tuple[str, nn.Conv2d]]:

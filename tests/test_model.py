@@ -159,3 +159,47 @@ def test_an_interrupted_write_leaves_the_old_file(tmp_path):
     assert path.read_text() == "new\n"
     save_atomic({"w": torch.ones(2)}, tmp_path / "c.pt")
     assert torch.equal(torch.load(tmp_path / "c.pt", weights_only=True)["w"], torch.ones(2))
+
+
+def test_whitening_filters_whiten_the_patches_they_were_computed_from():
+    from model import whitening_filters
+    torch.manual_seed(0)
+    # smooth, correlated pictures: neighbouring pixels and the three channels share most of their signal
+    base = torch.nn.functional.avg_pool2d(torch.randn(200, 1, 36, 36), 5, 1)
+    images = base.repeat(1, 3, 1, 1) + 0.3 * torch.randn(200, 3, 32, 32)
+    w = whitening_filters(images, 32, eps=0.0)
+    assert w.shape == (32, 3, 3, 3) and w.dtype == torch.float32
+    w = w.double()
+    assert torch.equal(w[16:], -w[:16])                  # each direction and its negative, for the ReLU after
+    y = torch.nn.functional.conv2d(images.double(), w[:16]).permute(1, 0, 2, 3).reshape(16, -1)
+    moment = y @ y.T / y.shape[1]
+    assert torch.allclose(moment, torch.eye(16, dtype=torch.float64), atol=1e-5)     # white: unit, uncorrelated
+    # largest variance first: each filter is a unit direction over sqrt(its variance), so the norms grow
+    norms = w[:16].flatten(1).norm(dim=1)
+    assert torch.all(norms[1:] >= norms[:-1] - 1e-6)
+    with pytest.raises(ValueError, match="even number"):
+        whitening_filters(images, 31)
+    with pytest.raises(ValueError, match="at most 54"):
+        whitening_filters(images, 56)
+
+
+def test_a_whitened_first_convolution_is_frozen_and_still_counted():
+    from model import first_conv, whiten_first_conv
+    from model.training import make_optimizer
+    torch.manual_seed(0)
+    net = build_model()
+    before = count_parameters(net)
+    whiten_first_conv(net, torch.randn(64, 3, 32, 32))
+    conv = first_conv(net)
+    assert conv is net.c1[0][0] and not conv.weight.requires_grad
+    assert count_parameters(net) == before               # frozen weights count toward the budget
+    frozen, other = conv.weight.clone(), net.fc.weight.clone()
+    opt = make_optimizer(net, 0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        net(torch.randn(8, 3, 32, 32)).square().mean().backward()
+        opt.step()
+    assert torch.equal(conv.weight, frozen) and not torch.equal(net.fc.weight, other)
+    again = build_model()
+    whiten_first_conv(again, None)                       # a resumed run: frozen, weights left as they are
+    assert not first_conv(again).weight.requires_grad

@@ -48,6 +48,22 @@ def _weights(path):
     return torch.load(path, weights_only=True)["model"]
 
 
+def _kill_after_first_epoch(cmd, out):
+    """Start a training run and SIGKILL it once its first epoch is saved."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    # epoch 1 ends with the checkpoint, then metrics.json: wait for both (killing between the two is a
+    # crash that resume survives, since the checkpoint holds the metrics, but it leaves no metrics.json yet)
+    while not ((out / "checkpoint.pt").exists() and (out / "metrics.json").exists()) \
+            and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1, "killed during epoch 2"
+    assert json.loads((out / "metrics.json").read_text())[-1]["epoch"] == 1
+
+
 @pytest.mark.parametrize("ema", [0, 0.9])
 def test_a_killed_run_resumes_to_the_same_weights(tiny_dir, tmp_path, ema):
     common = ("--data-dir", tiny_dir, "--epochs", 2, "--seed", 3, "--ema", ema)
@@ -55,18 +71,7 @@ def test_a_killed_run_resumes_to_the_same_weights(tiny_dir, tmp_path, ema):
     assert run(train_cmd(*common, "--out", straight)).returncode == 0
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd(*common, "--out", killed), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    # epoch 1 ends with the checkpoint, then metrics.json: wait for both (killing between the two is a
-    # crash that resume survives, since the checkpoint holds the metrics, but it leaves no metrics.json yet)
-    while not ((killed / "checkpoint.pt").exists() and (killed / "metrics.json").exists()) \
-            and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert torch.load(killed / "checkpoint.pt", weights_only=True)["epoch"] == 1, "killed during epoch 2"
-    assert json.loads((killed / "metrics.json").read_text())[-1]["epoch"] == 1
+    _kill_after_first_epoch(train_cmd(*common, "--out", killed), killed)
 
     again = run(train_cmd(*common, "--out", killed))
     assert again.returncode != 0 and "--resume" in again.stderr   # never silently overwritten
@@ -310,3 +315,27 @@ def test_evaluate_sums_loss_and_hits_over_batches():
         out = net(x)
     assert loss == pytest.approx(F.cross_entropy(out, y).item(), rel=1e-5)
     assert acc == (out.argmax(1) == y).sum().item() / 15
+
+
+def test_whiten_trains_with_a_frozen_whitened_first_convolution_and_resumes(tiny_dir, tmp_path):
+    import train
+    from model import whitening_filters
+    from pipeline.format import read_meta
+    out = tmp_path / "w"
+    common = ("--data-dir", tiny_dir, "--epochs", 2, "--whiten", "--out", out)
+    _kill_after_first_epoch(train_cmd(*common), out)
+    expected = whitening_filters(train.whitening_images(tiny_dir, read_meta(tiny_dir)), 32)
+    first = _weights(out / "checkpoint.pt")["c1.0.0.weight"]
+    assert torch.allclose(first, expected, atol=1e-6)
+    config = json.loads((out / "config.json").read_text())
+    assert config["args"]["whiten"] is True and config["parameters"] == 194_762
+    # the sample spreads over the split: tiny_dir holds 600 training images, all taken
+    assert len(train.whitening_images(tiny_dir, read_meta(tiny_dir))) == 600
+    no = run(train_cmd(*common[:-3], "--out", out, "--resume"))
+    assert no.returncode != 0 and "--whiten True, not False" in no.stderr
+    resumed = run(train_cmd(*common, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "first convolution whitened, frozen" in resumed.stdout
+    after = _weights(out / "checkpoint.pt")
+    assert torch.equal(after["c1.0.0.weight"], first)     # frozen through the resumed epoch as well
+    assert not torch.equal(after["c1.0.1.weight"], torch.ones(32))   # its BatchNorm trains
