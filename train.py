@@ -104,9 +104,9 @@ def parse_args(argv=None):
     ap.add_argument("--activation", choices=list(ACTIVATIONS), default=DEFAULT_ACTIVATION,
                     help="the nonlinearity of every layer (stored in the checkpoint)")
     ap.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=False,
-                    help="set C1's first convolution to a whitening of the training images' 3x3 patches (their "
-                         f"{WHITEN_IMAGES:,} images spread over the set; 16 principal directions and their "
-                         "negatives) and freeze it, as airbench does; its parameters still count")
+                    help="set C1's first convolution to a whitening of the 3x3 patches of "
+                         f"{WHITEN_IMAGES:,} training images taken evenly over the set (16 principal directions "
+                         "and their negatives) and freeze it, as airbench does; its parameters still count")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--amp", choices=list(AMP_CHOICES), default="auto",
                     help="mixed precision: auto = bf16 on CUDA where supported (else fp16 with a GradScaler), "
