@@ -30,6 +30,7 @@ from model.checkpoint import (CheckpointError, checkpoint_activation, load, mode
 from model.training import AMP_CHOICES, GraphStepper, Stepper, graph_problem, precision
 from pipeline import LoaderUnavailable, build_loader, known_loaders
 from pipeline.format import DataError, load_split, read_meta
+from pipeline.output import Normalizer
 from pipeline.policy import AugmentPolicy
 
 WHITEN_IMAGES = 5000        # --whiten's sample of the training images (airbench takes 5,000 too)
@@ -144,18 +145,15 @@ def parse_args(argv=None):
 # set-up helpers
 # ---------------------------------------------------------------------------------------------
 
-def whitening_images(data_dir, meta: dict, n: int = None) -> torch.Tensor:
+def whitening_images(data_dir, policy: AugmentPolicy, n: int = None) -> torch.Tensor:
     """--whiten's sample: ``n`` training images taken at an even stride over the whole split (a converted
-    image-folder tree is stored class by class, so its first images are one class), normalised with the
-    split's mean and std as every loader normalises them; float32 N x 3 x 32 x 32 on the CPU."""
+    image-folder tree is stored class by class, so its first images are one class), normalised by the
+    loaders' own Normalizer; float32 N x 3 x 32 x 32 on the CPU."""
     split, _ = load_split(data_dir, "train", verify=False)
     images = split.images
     n = min(n or WHITEN_IMAGES, len(images))
     picked = np.asarray(images[np.linspace(0, len(images) - 1, n).round().astype(np.int64)])
-    x = torch.from_numpy(picked).permute(0, 3, 1, 2).float()
-    mean = torch.tensor(meta["mean"], dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(meta["std"], dtype=torch.float32).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return Normalizer(policy, torch.device("cpu"), normalize=True)(torch.from_numpy(picked))
 
 
 # the option through which each engine takes --workers
@@ -417,7 +415,7 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
 
     net = build_model(args.arch, len(meta["classes"]), args.widths, args.activation).to(device)
     if args.whiten:     # computed on the CPU, so every device gets the same filters; a resumed run's are saved
-        whiten_first_conv(net, None if args.resume else whitening_images(args.data_dir, meta))
+        whiten_first_conv(net, None if args.resume else whitening_images(args.data_dir, policy))
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
     opt = make_optimizer(net, args, device)

@@ -321,16 +321,18 @@ def test_whiten_trains_with_a_frozen_whitened_first_convolution_and_resumes(tiny
     import train
     from model import whitening_filters
     from pipeline.format import read_meta
+    from pipeline.policy import AugmentPolicy
+    policy = AugmentPolicy.from_meta(read_meta(tiny_dir))
     out = tmp_path / "w"
     common = ("--data-dir", tiny_dir, "--epochs", 2, "--whiten", "--out", out)
     _kill_after_first_epoch(train_cmd(*common), out)
-    expected = whitening_filters(train.whitening_images(tiny_dir, read_meta(tiny_dir)), 32)
+    expected = whitening_filters(train.whitening_images(tiny_dir, policy), 32)
     first = _weights(out / "checkpoint.pt")["c1.0.0.weight"]
     assert torch.allclose(first, expected, atol=1e-6)
     config = json.loads((out / "config.json").read_text())
     assert config["args"]["whiten"] is True and config["parameters"] == 194_762
     # the sample spreads over the split: tiny_dir holds 600 training images, all taken
-    assert len(train.whitening_images(tiny_dir, read_meta(tiny_dir))) == 600
+    assert len(train.whitening_images(tiny_dir, policy)) == 600
     no = run(train_cmd(*common[:-3], "--out", out, "--resume"))
     assert no.returncode != 0 and "--whiten True, not False" in no.stderr
     resumed = run(train_cmd(*common, "--resume"))
