@@ -159,6 +159,8 @@ class GraphStepper:
         problem = graph_problem(device, amp_dtype)
         if problem:
             raise ValueError(problem)
+        # "cuda" names the current GPU, and a tensor made there says "cuda:0": compare them as the same device
+        device = torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
         if not all(torch.is_tensor(g["lr"]) and g["lr"].device == device and g.get("fused") for g in opt.param_groups):
             raise ValueError("the optimizer of a CUDA-graph step must be fused SGD with its learning rates as tensors "
                              "on the GPU: make it with make_optimizer(..., graph_device=device).")

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import HAVE_MINI
 from model import build_model
 from model.training import (GraphStepper, Stepper, graph_problem, load_optimizer_state, make_optimizer,
                             optimizer_state, scheduler_state)
@@ -176,7 +177,9 @@ def test_cuda_train_py_trains_and_resumes_with_cuda_graph(mini_dir, tmp_path):
     common = ["--data-dir", str(mini_dir), "--cuda-graph", "--out", str(out)]
     assert train.main([*common, "--epochs", "2"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert [m["epoch"] for m in metrics] == [1, 2] and metrics[-1]["test_acc"] > 0.2
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    if HAVE_MINI:       # generated pictures (no ../shared: CIFARFLOW_SHARED) have random labels, nothing to learn
+        assert metrics[-1]["test_acc"] > 0.2
     ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert all(type(g["lr"]) is float for g in ckpt["optimizer"]["param_groups"])
     resumed = tmp_path / "resumed"
