@@ -104,10 +104,12 @@ def parse_args(argv=None):
                          f"the model must stay under {PARAMETER_BUDGET:,} parameters")
     ap.add_argument("--activation", choices=list(ACTIVATIONS), default=DEFAULT_ACTIVATION,
                     help="the nonlinearity of every layer (stored in the checkpoint)")
-    ap.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=False,
+    ap.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=None,
                     help="set C1's first convolution to a whitening of the 3x3 patches of "
                          f"{WHITEN_IMAGES:,} training images taken evenly over the set (16 principal directions "
-                         "and their negatives) and freeze it, as airbench does; its parameters still count")
+                         "and their negatives) and freeze it, as airbench does; its parameters still count. "
+                         "Default: on for c1c2c3c4 (+0.32 points over eight H200 seeds), off for dilated (not "
+                         "measured with it)")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--amp", choices=list(AMP_CHOICES), default="auto",
                     help="mixed precision: auto = bf16 on CUDA where supported (else fp16 with a GradScaler), "
@@ -136,6 +138,8 @@ def parse_args(argv=None):
         if n >= PARAMETER_BUDGET:
             ap.error(f"--widths {' '.join(map(str, args.widths))} gives the {args.arch} model {n:,} parameters; "
                      f"it must stay under {PARAMETER_BUDGET:,}: narrow a stage")
+    if args.whiten is None:
+        args.whiten = args.arch == "c1c2c3c4"
     if args.out is None:
         args.out = f"runs/{args.loader}-{args.arch}"
     return args

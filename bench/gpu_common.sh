@@ -1,4 +1,4 @@
-# Shared by bench/gpu_report.sh and bench/gpu_accuracy.sh (sourced, not run): installing the carried wheels
+# Shared by bench/gpu_report.sh, bench/gpu_accuracy.sh and bench/gpu_graph.sh (sourced, not run): installing the carried wheels
 # and converting the carried data archive, the two steps every device call starts with.
 #
 #   install_wheels DEPS     pip-installs (offline, no dependency resolution) wheels/small/*.whl and the DALI

@@ -96,7 +96,7 @@ def write_report(report: dict, out_dir: Path, stem: str) -> Path:
 def recipe(config: dict) -> str:
     a = config.get("args", {})
     keys = ("loader", "batch_size", "lr", "schedule", "warmup", "momentum", "nesterov", "weight_decay",
-            "label_smoothing", "ema", "widths", "activation")
+            "label_smoothing", "ema", "widths", "activation", "whiten")
     return ", ".join(f"{k} {a[k]}" for k in keys if a.get(k) is not None) + \
         f"; precision: {config.get('precision', '?')}"
 
