@@ -104,7 +104,7 @@ def parse_args(argv=None):
                          f"the model must stay under {PARAMETER_BUDGET:,} parameters")
     ap.add_argument("--activation", choices=list(ACTIVATIONS), default=DEFAULT_ACTIVATION,
                     help="the nonlinearity of every layer (stored in the checkpoint)")
-    ap.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=None,
+    ap.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,  # per arch, below
                     help="set C1's first convolution to a whitening of the 3x3 patches of "
                          f"{WHITEN_IMAGES:,} training images taken evenly over the set (16 principal directions "
                          "and their negatives) and freeze it, as airbench does; its parameters still count. "
@@ -138,7 +138,7 @@ def parse_args(argv=None):
         if n >= PARAMETER_BUDGET:
             ap.error(f"--widths {' '.join(map(str, args.widths))} gives the {args.arch} model {n:,} parameters; "
                      f"it must stay under {PARAMETER_BUDGET:,}: narrow a stage")
-    if args.whiten is None:
+    if "whiten" not in vars(args):
         args.whiten = args.arch == "c1c2c3c4"
     if args.out is None:
         args.out = f"runs/{args.loader}-{args.arch}"
@@ -436,8 +436,11 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
             # runs from before --ema and --whiten had neither
             before = saved.get(key, {"ema": 0.0, "whiten": False}.get(key))
             if before != getattr(args, key):
-                raise SystemExit(f"error: --resume: the run in {out} used --{key.replace('_', '-')} "
-                                 f"{before}, not {getattr(args, key)}: pass the same value.")
+                flag = f"--{key.replace('_', '-')}"
+                same = (f"pass {flag if before else '--no-' + flag[2:]}" if isinstance(before, bool)
+                        else "pass the same value")      # a run from before --whiten was the default: --no-whiten
+                raise SystemExit(f"error: --resume: the run in {out} used {flag} {before}, not "
+                                 f"{getattr(args, key)}: {same}.")
         # "model" holds the weights that are tested and released: the average when --ema is on
         tested = model_from_checkpoint(ckpt, ckpt_path, args.arch).state_dict()
         if ema is not None:
