@@ -38,6 +38,25 @@ def finished(run: Path, epochs: int) -> list | None:
     return metrics if len(metrics) >= epochs else None
 
 
+# what makes a run this command's: a finished run whose config differs in one of these (a default of train.py
+# that changed after it trained, as --whiten did on 2026-11-27) is another recipe's run, not to be reused
+RECIPE_KEYS = ("arch", "epochs", "seed", "loader", "batch_size", "lr", "momentum", "nesterov", "weight_decay",
+               "schedule", "step_size", "gamma", "warmup", "label_smoothing", "ema", "widths", "activation", "whiten",
+               "amp", "channels_last")
+BEFORE_OPTION = {"ema": 0.0, "whiten": False, "activation": "relu"}     # runs from before these options existed
+
+
+def recipe_mismatch(run: Path, intended: dict) -> str | None:
+    """How the finished ``run``'s recipe differs from ``intended`` (train.py's parsed arguments), or None."""
+    try:
+        saved = json.loads((run / "config.json").read_text()).get("args", {})
+    except (OSError, ValueError):
+        return "its config.json is missing or unreadable"
+    diffs = [f"{k} {saved.get(k, BEFORE_OPTION.get(k))}, not {intended[k]}" for k in RECIPE_KEYS
+             if (k in saved or k in BEFORE_OPTION) and saved.get(k, BEFORE_OPTION.get(k)) != intended[k]]
+    return "; ".join(diffs) or None
+
+
 def row(seed: int, run: Path, metrics: list, epochs: int) -> dict:
     last = metrics[epochs - 1]
     return {"seed": seed, "run": str(run), "test_acc": last["test_acc"], "train_acc": last["train_acc"],
@@ -153,13 +172,26 @@ def main(argv=None) -> int:
     runs = {seed: args.runs_dir / f"{args.arch}-e{args.epochs}{tag}-seed{seed}" for seed in args.seeds}
     done: dict[int, list] = {}
     todo = []
+
+    def train_args(seed: int) -> list[str]:
+        return ["--data-dir", str(args.data_dir), "--arch", args.arch, "--epochs", str(args.epochs), "--seed", str(seed),
+                "--device", args.device, "--out", str(runs[seed]), *extra]
+
+    import train
     for seed, run in runs.items():
         metrics = finished(run, args.epochs)
         if metrics is None:
             todo.append(seed)
-        else:
-            print(f"[seeds] seed {seed}: {run} already finished, reused", flush=True)
-            done[seed] = metrics
+            continue
+        differs = recipe_mismatch(run, vars(train.parse_args(train_args(seed))))
+        if differs:
+            # (its report, written when it finished, stays valid; the folder name holds only the options given)
+            print(f"error: seed {seed}: {run} finished under another recipe than this command's ({differs}); a "
+                  f"default of train.py has changed since it trained: to train this command's recipe, move that "
+                  f"folder away or give another --runs-dir.", file=sys.stderr)
+            return 2
+        print(f"[seeds] seed {seed}: {run} already finished, reused", flush=True)
+        done[seed] = metrics
 
     def rewrite_report() -> Path:           # the seeds finished so far, in seed order
         report["recipe"] = recipe(json.loads((runs[min(done)] / "config.json").read_text()))
@@ -176,9 +208,7 @@ def main(argv=None) -> int:
             while todo and len(running) < args.jobs:
                 seed = todo.pop(0)
                 run = runs[seed]
-                cmd = [sys.executable, "train.py", "--data-dir", str(args.data_dir), "--arch", args.arch,
-                       "--epochs", str(args.epochs), "--seed", str(seed), "--device", args.device, "--out", str(run),
-                       *extra]
+                cmd = [sys.executable, "train.py", *train_args(seed)]
                 if (run / "checkpoint.pt").exists():
                     cmd.append("--resume")
                 log = None

@@ -52,6 +52,16 @@ def test_two_seeds_side_by_side_give_a_mean_and_spread_and_finished_runs_are_reu
     assert again.stdout.count("already finished, reused") == 2
     assert json.loads(report_path.read_text())["summary"] == report["summary"]
 
+    # a finished run of another recipe (trained before a default changed: --whiten on 2026-11-27) is not reused
+    config_path = Path(report["runs"][1]["run"]) / "config.json"
+    older = json.loads(config_path.read_text())
+    older["args"]["whiten"] = False
+    config_path.write_text(json.dumps(older))
+    stale = run(cmd)
+    assert stale.returncode == 2 and "Traceback" not in stale.stderr
+    assert "seed 1:" in stale.stderr and "(whiten False, not True)" in stale.stderr
+    assert json.loads(report_path.read_text())["summary"] == report["summary"]      # the report is left as it was
+
 
 @pytest.mark.parametrize("args, fragment", [
     (("--seeds", 1, 1), "each seed once"),
