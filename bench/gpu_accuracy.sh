@@ -26,7 +26,9 @@
 #
 # The gpu loader and train.py need only what the GPU machine has (torch, numpy, tqdm, matplotlib,
 # tensorboard); the tests, the parity check and the torch engine need albumentations: carry wheels/small
-# from bench/prepare_gpu_wheels.sh, and data/cifar10-jpeg.tar.gz.
+# from bench/prepare_gpu_wheels.sh, and data/cifar10-jpeg.tar.gz (and data/shared, a copy of cifar10-mini,
+# for the --cuda-graph test's learning check: mkdir -p data/shared/data && cp -r ../shared/data/cifar10-mini
+# data/shared/data/).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -132,6 +134,8 @@ PYEOF
 
 if [ "$CHECKS" = 1 ] && [ "$DEVICE" = cuda ]; then
     step "CUDA tests of train.py --cuda-graph (beside the training; they need no albumentations)"
+    # its learning check needs real pictures: a carried copy of cifar10-mini (see bench/gpu_graph.sh)
+    [ -d data/shared/data/cifar10-mini ] && export CIFARFLOW_SHARED=$PWD/data/shared
     timeout 150 $PY -m pytest -q -rs -p no:cacheprovider tests/test_graph_step.py -k cuda 2>&1 \
         | tee "$WORK/pytest-graph-step.txt" | tail -n 5
 fi
