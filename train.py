@@ -34,6 +34,9 @@ from pipeline.output import Normalizer
 from pipeline.policy import AugmentPolicy
 
 WHITEN_IMAGES = 5000        # --whiten's sample of the training images (airbench takes 5,000 too)
+# what a run from before an option existed trained with (its config lacks the option): --resume and
+# bench.seeds compare saved runs with these
+BEFORE_OPTION = {"ema": 0.0, "whiten": False, "activation": "relu"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,8 +436,7 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
         saved = {**ckpt["config"]["args"], "activation": checkpoint_activation(ckpt)}
         for key in ("arch", "widths", "activation", "loader", "batch_size", "epochs", "schedule", "seed", "lr", "ema",
                     "whiten"):
-            # runs from before --ema and --whiten had neither
-            before = saved.get(key, {"ema": 0.0, "whiten": False}.get(key))
+            before = saved.get(key, BEFORE_OPTION.get(key))
             if before != getattr(args, key):
                 flag = f"--{key.replace('_', '-')}"
                 same = (f"pass {flag if before else '--no-' + flag[2:]}" if isinstance(before, bool)

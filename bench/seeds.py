@@ -43,11 +43,11 @@ def finished(run: Path, epochs: int) -> list | None:
 RECIPE_KEYS = ("arch", "epochs", "seed", "loader", "batch_size", "lr", "momentum", "nesterov", "weight_decay",
                "schedule", "step_size", "gamma", "warmup", "label_smoothing", "ema", "widths", "activation", "whiten",
                "amp", "channels_last")
-BEFORE_OPTION = {"ema": 0.0, "whiten": False, "activation": "relu"}     # runs from before these options existed
 
 
 def recipe_mismatch(run: Path, intended: dict) -> str | None:
     """How the finished ``run``'s recipe differs from ``intended`` (train.py's parsed arguments), or None."""
+    from train import BEFORE_OPTION
     try:
         saved = json.loads((run / "config.json").read_text()).get("args", {})
     except (OSError, ValueError):
