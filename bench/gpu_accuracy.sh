@@ -134,8 +134,7 @@ PYEOF
 
 if [ "$CHECKS" = 1 ] && [ "$DEVICE" = cuda ]; then
     step "CUDA tests of train.py --cuda-graph (beside the training; they need no albumentations)"
-    # its learning check needs real pictures: a carried copy of cifar10-mini (see bench/gpu_graph.sh)
-    [ -d data/shared/data/cifar10-mini ] && export CIFARFLOW_SHARED=$PWD/data/shared
+    use_carried_mini        # its learning check needs real pictures
     timeout 150 $PY -m pytest -q -rs -p no:cacheprovider tests/test_graph_step.py -k cuda 2>&1 \
         | tee "$WORK/pytest-graph-step.txt" | tail -n 5
 fi

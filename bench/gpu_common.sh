@@ -4,6 +4,8 @@
 #   install_wheels DEPS     pip-installs (offline, no dependency resolution) wheels/small/*.whl and the DALI
 #                           wheel joined from wheels/dali/*.part-* (bench/prepare_gpu_wheels.sh makes both)
 #                           into the folder DEPS, and puts DEPS and the project on PYTHONPATH
+#   use_carried_mini        points the tests at data/shared (CIFARFLOW_SHARED) where a copy of cifar10-mini was
+#                           carried there, so the tests that need real pictures run on them
 #   convert_data OUT [SRC]  converts SRC (default: data/cifar10-jpeg.tar.gz, carried, or ../shared's copy) into
 #                           OUT, unless OUT already holds converted data (a rerun on a warm machine)
 # Both use $PY (python3 unless PYTHON is set).
@@ -23,6 +25,10 @@ install_wheels() {
         $PY -m pip install --quiet --no-index --no-deps --no-compile --target "$deps" wheels/small/*.whl || return 1
     fi
     export PYTHONPATH="$deps:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+}
+
+use_carried_mini() {
+    if [ -d data/shared/data/cifar10-mini ]; then export CIFARFLOW_SHARED=$PWD/data/shared; fi
 }
 
 convert_data() {

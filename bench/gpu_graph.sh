@@ -29,7 +29,7 @@ step() { echo; echo "=== $* ($(( SECONDS - start )) s) ==="; }
 step "device"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" | tee "$OUT/device.txt"
-[ -d data/shared/data/cifar10-mini ] && export CIFARFLOW_SHARED=$PWD/data/shared
+use_carried_mini
 
 step "data"
 convert_data "$DATA" || exit 2
