@@ -25,13 +25,19 @@ import torch.nn.functional as F
 from model import (ACTIVATIONS, ARCHS, DEFAULT_ACTIVATION, PARAMETER_BUDGET, WIDTHS, activation, build_model,
                    count_parameters, layout, receptive_field, whiten_first_conv)
 from model import training
-from model.checkpoint import (CheckpointError, checkpoint_activation, load, model_from_checkpoint, save_atomic,
-                              write_atomic, write_text_atomic)
+from model.checkpoint import (CheckpointError, checkpoint_activation, load, model_from_checkpoint, require_resumable,
+                              save_atomic, write_atomic, write_text_atomic)
 from model.training import AMP_CHOICES, GraphStepper, Stepper, graph_problem, precision
-from pipeline import LoaderUnavailable, build_loader, known_loaders
-from pipeline.format import DataError, load_split, read_meta
-from pipeline.output import Normalizer
+from pipeline import build_loader, known_loaders
+from pipeline.cli import os_error_sentence, run_main
+from pipeline.format import load_split, read_meta
+from pipeline.output import Normalizer, resolve_device
 from pipeline.policy import AugmentPolicy
+
+class RunError(Exception):
+    """A run that cannot start or go on as asked (its folder, --resume, an option this device cannot do).
+    The message is one sentence for the user."""
+
 
 WHITEN_IMAGES = 5000        # --whiten's sample of the training images (airbench takes 5,000 too)
 # what a run from before an option existed trained with (its config lacks the option): --resume and
@@ -175,9 +181,7 @@ class Dist:
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.enabled = self.world > 1
-        want_cuda = device_arg == "cuda" or (device_arg == "auto" and torch.cuda.is_available())
-        if want_cuda and not torch.cuda.is_available():
-            raise SystemExit("error: --device cuda, but this machine has no CUDA GPU: use --device cpu or auto.")
+        want_cuda = resolve_device(device_arg).type == "cuda"
         self.device = torch.device(f"cuda:{self.local_rank}" if want_cuda else "cpu")
         if want_cuda:
             torch.cuda.set_device(self.device)
@@ -370,34 +374,71 @@ def write_json(obj, path: Path) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
-def run(args) -> dict:
+RUN_FILES = {"config.json", "metrics.json", "history.png", "checkpoint.pt", "tb"}   # what a run folder holds
+
+
+def run_folder_state(out: Path) -> str:
+    """"absent", "empty", "run" (a run folder of train.py's: it may be continued or restarted) or "foreign"
+    (anything else: never written into)."""
+    if not out.exists():
+        return "absent"
+    if not out.is_dir():
+        return "foreign"
+    names = {p.name for p in out.iterdir()}
+    if not names:
+        return "empty"
+    try:
+        config = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        config = None
+    ours = isinstance(config, dict) and "args" in config and "policy" in config
+    if not ours and "checkpoint.pt" not in names:
+        return "foreign"
+    strays = [n for n in names if n not in RUN_FILES and not n.startswith(".")
+              and not (n.startswith("samples-epoch") and n.endswith(".json"))]
+    return "foreign" if strays else "run"
+
+
+def check_run_folder(args) -> bool:
+    """Whether this run continues from a checkpoint: refuses (RunError) a folder that is not a run's, a finished
+    or started run without --resume, --resume with nothing to continue."""
     out = Path(args.out)
     ckpt_path = out / "checkpoint.pt"
-    if out.exists() and ckpt_path.exists() and not args.resume:
-        raise SystemExit(f"error: {out} already holds a run: pass --resume to continue it, or another --out.")
+    state = run_folder_state(out)
+    if state == "foreign":
+        raise RunError(f"{out} exists and is not a run folder of train.py (it holds other files): it is never "
+                       f"written into; pass another --out.")
+    if ckpt_path.exists() and not args.resume:
+        raise RunError(f"{out} already holds a run: pass --resume to continue it, or another --out.")
     if args.resume and not ckpt_path.exists():
-        raise SystemExit(f"error: --resume: {ckpt_path} does not exist, nothing to continue.")
+        if state == "run":      # killed or interrupted before its first checkpoint: nothing to lose, start it
+            print(f"note: {out} holds no checkpoint yet (stopped during epoch 1): starting it from the beginning")
+            return False
+        raise RunError(f"--resume: {ckpt_path} does not exist, nothing to continue: drop --resume to start a run.")
+    return args.resume
 
+
+def run(args) -> dict:
+    out = Path(args.out)
+    resume = check_run_folder(args)
+    ckpt_path = out / "checkpoint.pt"
     dist = Dist(args.device)
     try:
-        return _run(args, dist, out, ckpt_path)
+        return _run(args, dist, out, ckpt_path, resume)
     finally:
         dist.close()
 
 
-def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
+def _run(args, dist: Dist, out: Path, ckpt_path: Path, resume: bool) -> dict:
     device = dist.device
-    try:
-        amp_dtype, amp_note = precision(device, args.amp)
-    except ValueError as e:                         # --amp bf16 on a GPU without bf16
-        raise SystemExit(f"error: {e}") from None
+    amp_dtype, amp_note = precision(device, args.amp)    # ValueError: --amp bf16 on a GPU without bf16
     if args.cuda_graph:
         if dist.enabled or args.compile:
-            raise SystemExit("error: --cuda-graph replays one process's step as it was recorded: leave it off "
-                             f"{'with torchrun' if dist.enabled else 'with --compile'}.")
+            raise RunError("--cuda-graph replays one process's step as it was recorded: leave it off "
+                           f"{'with torchrun' if dist.enabled else 'with --compile'}.")
         problem = graph_problem(device, amp_dtype)
         if problem:
-            raise SystemExit(f"error: {problem}")
+            raise RunError(problem)
     if dist.main:
         meta = ensure_data(args)
     if dist.enabled:
@@ -422,7 +463,7 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
 
     net = build_model(args.arch, len(meta["classes"]), args.widths, args.activation).to(device)
     if args.whiten:     # computed on the CPU, so every device gets the same filters; a resumed run's are saved
-        whiten_first_conv(net, None if args.resume else whitening_images(args.data_dir, policy))
+        whiten_first_conv(net, None if resume else whitening_images(args.data_dir, policy))
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
     opt = make_optimizer(net, args, device)
@@ -430,8 +471,9 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
     metrics, start_epoch = [], 0
     ema = make_ema(net, args.ema)
 
-    if args.resume:
+    if resume:
         ckpt = load(ckpt_path)
+        require_resumable(ckpt, ckpt_path)
         # the activation as model_from_checkpoint builds it: runs from before --activation have none in their args
         saved = {**ckpt["config"]["args"], "activation": checkpoint_activation(ckpt)}
         for key in ("arch", "widths", "activation", "loader", "batch_size", "epochs", "schedule", "seed", "lr", "ema",
@@ -441,8 +483,8 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
                 flag = f"--{key.replace('_', '-')}"
                 same = (f"pass {flag if before else '--no-' + flag[2:]}" if isinstance(before, bool)
                         else "pass the same value")      # a run from before --whiten was the default: --no-whiten
-                raise SystemExit(f"error: --resume: the run in {out} used {flag} {before}, not "
-                                 f"{getattr(args, key)}: {same}.")
+                raise RunError(f"--resume: the run in {out} used {flag} {before}, not "
+                               f"{getattr(args, key)}: {same}.")
         # "model" holds the weights that are tested and released: the average when --ema is on
         tested = model_from_checkpoint(ckpt, ckpt_path, args.arch).state_dict()
         if ema is not None:
@@ -468,7 +510,7 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
         step = GraphStepper(compiled, opt, device, amp_dtype, args.label_smoothing)
     else:
         step = Stepper(compiled, opt, device, amp_dtype, args.label_smoothing)
-    if args.resume:
+    if resume:
         step.scaler.load_state_dict(scaler_state)
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -481,6 +523,9 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path) -> dict:
         return _train(args, dist, out, ckpt_path, train_loader, test_loader, net, compiled, opt, sched,
                       per_batch, step, amp_dtype, metrics, start_epoch, config, meta, tb=None, ema=ema)
     write_json(config, out / "config.json")
+    if metrics:     # a kill between the checkpoint and these files left them behind it: made again from it
+        write_json(metrics, out / "metrics.json")
+        plot_history(metrics, out / "history.png")
     variant = " (widths " + " ".join(map(str, net.widths)) + ")" if args.widths else ""
     if args.activation != DEFAULT_ACTIVATION:
         variant += f" ({args.activation})"
@@ -507,6 +552,7 @@ def threads(n: int) -> str:
 def _train(args, dist, out, ckpt_path, train_loader, test_loader, net, compiled, opt, sched, per_batch, step,
            amp_dtype, metrics, start_epoch, config, meta, tb, ema=None) -> dict:
     device = dist.device
+    saved = start_epoch             # the epoch whose checkpoint is on disk
     try:
         for epoch in range(start_epoch, args.epochs):
             train_loader.set_epoch(epoch)
@@ -534,18 +580,15 @@ def _train(args, dist, out, ckpt_path, train_loader, test_loader, net, compiled,
             tb.flush()
             extra = {} if ema is None else {"trained_model": net.state_dict(),
                                             "ema_updates": int(ema.n_averaged.item())}
-            save_atomic({"model": tested.state_dict(), "arch": args.arch, "widths": list(net.widths),
+            save_epoch({"model": tested.state_dict(), "arch": args.arch, "widths": list(net.widths),
                          "layout": layout(net), "activation": activation(net), **extra,
                          "num_classes": len(meta["classes"]),
                          "optimizer": training.optimizer_state(opt), "scheduler": training.scheduler_state(sched),
                          "scaler": step.scaler.state_dict(), "rng": rng_state(), "epoch": epoch + 1,
-                         "metrics": metrics, "config": config}, ckpt_path)
-            write_json(metrics, out / "metrics.json")
-            plot_history(metrics, out / "history.png")
+                         "metrics": metrics, "config": config}, ckpt_path, out, metrics)
+            saved = epoch + 1
     except KeyboardInterrupt:
-        done = metrics[-1]["epoch"] if metrics else 0
-        raise SystemExit(f"\ninterrupted: {out} holds the checkpoint of epoch {done}; "
-                         f"continue with the same command and --resume.") from None
+        raise KeyboardInterrupt(interrupted_sentence(out, saved)) from None
     finally:
         if tb is not None:
             tb.close()
@@ -554,14 +597,42 @@ def _train(args, dist, out, ckpt_path, train_loader, test_loader, net, compiled,
     return {"metrics": metrics, "out": str(out)}
 
 
+def save_epoch(state: dict, ckpt_path: Path, out: Path, metrics: list[dict]) -> None:
+    """The epoch's checkpoint, then metrics.json and history.png (made again from the checkpoint on --resume if
+    a kill falls between). A disk that fills up loses only this epoch, and the sentence says so."""
+    try:
+        save_atomic(state, ckpt_path)
+    except OSError as e:
+        kept = metrics[-2]["epoch"] if len(metrics) > 1 else 0
+        raise RunError(f"could not save the checkpoint of epoch {metrics[-1]['epoch']} ({os_error_sentence(e)}) "
+                       f"{out} still holds " + (f"epoch {kept}'s: continue it with the same command and --resume "
+                                                f"once there is room." if kept else
+                                                "no checkpoint: run the same command again once there is room.")
+                       ) from None
+    write_json(metrics, out / "metrics.json")
+    plot_history(metrics, out / "history.png")
+
+
+def interrupted_sentence(out: Path, done: int) -> str:
+    if done:
+        return (f"interrupted: {out} holds the checkpoint of epoch {done}; continue with the same command "
+                f"and --resume.")
+    return (f"interrupted during epoch 1, before its checkpoint: nothing to continue; run the same command again "
+            f"to start over.")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        run(args)
-    except (DataError, LoaderUnavailable, CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    interrupted = ["interrupted before training began: run the same command again."]
+
+    def body():
+        try:
+            run(args)
+        except KeyboardInterrupt as e:
+            if e.args:
+                interrupted[0] = e.args[0]
+            raise
+    return run_main(body, expected=(CheckpointError, RunError), interrupted=lambda: interrupted[0])
 
 
 if __name__ == "__main__":

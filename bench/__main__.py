@@ -23,11 +23,10 @@ VARIANTS = {"ffcv": {"ffcv[numba]": "mode=numba", "ffcv[torch]": "mode=torch"}}
 
 
 def choose_device(arg: str) -> str:
-    """'cpu' or 'cuda' for a --device of auto/cpu/cuda; ValueError when cuda is asked for and absent."""
-    import torch
-    if arg == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda, but this machine has no CUDA GPU.")
-    return "cuda" if arg == "cuda" or (arg == "auto" and torch.cuda.is_available()) else "cpu"
+    """'cpu' or 'cuda' for a --device of auto/cpu/cuda (pipeline.output.resolve_device: ValueError when cuda is
+    asked for and absent)."""
+    from pipeline.output import resolve_device
+    return resolve_device(arg).type
 
 
 def device_name(device: str) -> tuple[str, str]:
@@ -70,6 +69,12 @@ def run_worker(args: list[str], label: str) -> dict:
 
 
 def main(argv=None) -> int:
+    """The command line, behind the project's boundary (pipeline.cli): a failure of the OS is one sentence."""
+    from pipeline.cli import run_main
+    return run_main(lambda: _main(argv))
+
+
+def _main(argv=None) -> int:
     from pipeline import available_loaders, known_loaders
     from pipeline.format import DataError, read_meta
     from pipeline.policy import AugmentPolicy

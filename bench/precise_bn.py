@@ -61,6 +61,12 @@ def markdown(report: dict) -> str:
 
 
 def main(argv=None) -> int:
+    """The command line, behind the project's boundary (pipeline.cli): a failure of the OS is one sentence."""
+    from pipeline.cli import run_main
+    return run_main(lambda: _main(argv))
+
+
+def _main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(prog="python -m bench.precise_bn", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -121,6 +121,12 @@ def recipe(config: dict) -> str:
 
 
 def main(argv=None) -> int:
+    """The command line, behind the project's boundary (pipeline.cli): a failure of the OS is one sentence."""
+    from pipeline.cli import run_main
+    return run_main(lambda: _main(argv))
+
+
+def _main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     own = argv[:argv.index("--")] if "--" in argv else argv

@@ -59,6 +59,21 @@ def load(path, map_location="cpu") -> dict:
     return ckpt
 
 
+TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng", "epoch", "metrics", "config")
+
+
+def require_resumable(ckpt: dict, path) -> None:
+    """A checkpoint that --resume can continue holds the whole training state, not only weights (released weights
+    copied in as checkpoint.pt do not): CheckpointError with a sentence otherwise."""
+    missing = [k for k in TRAINING_STATE if k not in ckpt]
+    if not missing and not (isinstance(ckpt["config"], dict) and isinstance(ckpt["config"].get("args"), dict)):
+        missing = ["config.args"]
+    if missing:
+        raise CheckpointError(f"{path} holds weights without the training state ({', '.join(missing)} missing), "
+                              f"as released weights do: it can be evaluated (python -m model.evaluate), not "
+                              f"resumed; start a new run with another --out.")
+
+
 def checkpoint_activation(ckpt: dict) -> str:
     """The name of the nonlinearity a checkpoint's net was trained with (what model_from_checkpoint builds,
     what train.py --resume compares): checkpoints from before the field was stored are all ReLU nets."""

@@ -61,7 +61,7 @@ def plot_confusion(cm, classes, path, title):
     ax.set_yticks(range(len(classes)), classes)
     ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -81,52 +81,65 @@ def plot_misclassified(images, true, pred, classes, path, count=40):
         ax.set_title(f"{classes[true[k]]}\n→ {classes[pred[k]]}", fontsize=7)
     fig.suptitle("misclassified test images (true → predicted)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
 
 
+def default_out(checkpoint: Path, ckpt: dict) -> Path:
+    """Where the PNGs go without --out: beside a training run's checkpoint (its own folder), but for released
+    weights (no training state), whose folder holds the project's committed pictures, runs/evaluate/<name>/."""
+    if "optimizer" in ckpt:
+        return checkpoint.resolve().parent
+    return Path("runs") / "evaluate" / checkpoint.stem
+
+
 def main(argv=None) -> int:
-    from model.checkpoint import CheckpointError, load, model_from_checkpoint
-    from pipeline.format import DataError, load_split, read_meta
+    from model.checkpoint import CheckpointError, load, model_from_checkpoint, write_atomic
+    from pipeline.cli import run_main
+    from pipeline.format import load_split, read_meta
+    from pipeline.output import resolve_device
 
     ap = argparse.ArgumentParser(prog="python -m model.evaluate",
                                  description="Test accuracy, per-class accuracy, a confusion-matrix PNG and a grid "
-                                             "of misclassified images for a checkpoint.")
+                                             "of misclassified images for a checkpoint.",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="a checkpoint.pt of train.py, or released weights")
     ap.add_argument("--data-dir", default="data/cifar10", help="converted data (python -m pipeline.convert)")
-    ap.add_argument("--out", default=None, help="folder for the PNGs (default: beside the checkpoint)")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default=None,
+                    help="folder for the PNGs (default: beside a run's checkpoint; runs/evaluate/NAME/ for "
+                         "released weights, so the committed pictures beside them are never overwritten)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     ap.add_argument("--tta-flip", action="store_true", help="also report accuracy with horizontal-flip averaging")
     args = ap.parse_args(argv)
-    try:
+
+    def body():
+        device = resolve_device(args.device)
         ckpt = load(args.checkpoint)
-        net = model_from_checkpoint(ckpt, args.checkpoint).to(args.device).to(memory_format=torch.channels_last)
+        net = model_from_checkpoint(ckpt, args.checkpoint).to(device).to(memory_format=torch.channels_last)
         meta = read_meta(args.data_dir)
         policy = checkpoint_policy(ckpt, meta)
-        preds, labels, index = predict(net, args.data_dir, policy, torch.device(args.device))
-        tta = predict(net, args.data_dir, policy, torch.device(args.device), tta_flip=True)[0] if args.tta_flip else None
+        preds, labels, index = predict(net, args.data_dir, policy, device)
+        tta = predict(net, args.data_dir, policy, device, tta_flip=True)[0] if args.tta_flip else None
         test, _ = load_split(args.data_dir, "test")
-    except (CheckpointError, DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    classes = meta["classes"]
-    acc = float((preds == labels).mean())
-    print(f"test accuracy: {100 * acc:.2f}% ({int((preds == labels).sum())}/{len(labels)}) "
-          f"[{ckpt['arch']}, {args.checkpoint}]")
-    if tta is not None:
-        print(f"test accuracy with flip averaging: {100 * float((tta == labels).mean()):.2f}%")
-    cm = confusion(preds, labels, len(classes))
-    for c, name in enumerate(classes):
-        print(f"  {name:<12}{100 * cm[c, c] / cm[c].sum():6.2f}%")
-    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent
-    out.mkdir(parents=True, exist_ok=True)
-    stem = Path(args.checkpoint).stem
-    plot_confusion(cm, classes, out / f"{stem}-confusion.png", f"{ckpt['arch']}: test accuracy {100 * acc:.2f}%")
-    wrong = np.nonzero(preds != labels)[0]
-    plot_misclassified(np.asarray(test.images[index[wrong]]), labels[wrong], preds[wrong], classes,
-                       out / f"{stem}-misclassified.png")
-    print(f"wrote {out / f'{stem}-confusion.png'} and {out / f'{stem}-misclassified.png'}")
-    return 0
+        classes = meta["classes"]
+        acc = float((preds == labels).mean())
+        print(f"test accuracy: {100 * acc:.2f}% ({int((preds == labels).sum())}/{len(labels)}) "
+              f"[{ckpt['arch']}, {args.checkpoint}]")
+        if tta is not None:
+            print(f"test accuracy with flip averaging: {100 * float((tta == labels).mean()):.2f}%")
+        cm = confusion(preds, labels, len(classes))
+        for c, name in enumerate(classes):
+            print(f"  {name:<12}{100 * cm[c, c] / cm[c].sum():6.2f}%")
+        out = Path(args.out) if args.out else default_out(Path(args.checkpoint), ckpt)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = Path(args.checkpoint).stem
+        conf, wrong_png = out / f"{stem}-confusion.png", out / f"{stem}-misclassified.png"
+        write_atomic(conf, lambda f: plot_confusion(cm, classes, f, f"{ckpt['arch']}: test accuracy {100 * acc:.2f}%"))
+        wrong = np.nonzero(preds != labels)[0]
+        write_atomic(wrong_png, lambda f: plot_misclassified(np.asarray(test.images[index[wrong]]), labels[wrong],
+                                                            preds[wrong], classes, f))
+        print(f"wrote {conf} and {wrong_png}")
+    return run_main(body, expected=(CheckpointError,), interrupted="interrupted: no picture was half-written.")
 
 
 if __name__ == "__main__":

@@ -41,14 +41,13 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    try:
+    from pipeline.cli import run_main       # the command-line boundary (an entry point, like model.evaluate)
+
+    def body():
         r = release(args.checkpoint, args.out)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {r['path']} ({r['bytes']:,} bytes): {r['arch']}, {r['parameters']:,} parameters, "
-          f"test accuracy {100 * (r['test_acc'] or 0):.2f}% after {r['epochs']} epochs")
-    return 0
+        print(f"wrote {r['path']} ({r['bytes']:,} bytes): {r['arch']}, {r['parameters']:,} parameters, "
+              f"test accuracy {100 * (r['test_acc'] or 0):.2f}% after {r['epochs']} epochs")
+    return run_main(body, expected=(CheckpointError,))
 
 
 if __name__ == "__main__":

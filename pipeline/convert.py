@@ -13,36 +13,52 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.format import DataError, atomic_dir, read_meta, write_dataset
+from pipeline.cli import run_main
+from pipeline.format import DataError, atomic_dir, exclusive, owned_dataset, read_meta, write_dataset
 from pipeline.sources import describe, read_source
 
 
 def convert(source: str, out: str | Path, force: bool = False, log=print) -> dict:
     """Convert ``source`` into ``out``; returns the meta. Does nothing (and says so) when ``out``
-    already holds a conversion of the same, unchanged source, unless ``force``."""
+    already holds a conversion of the same, unchanged source, unless ``force``. A folder that is not
+    provably a conversion of ours is never replaced, ``force`` or not."""
     out = Path(out)
     desc = describe(source)
-    if out.exists():
-        existing = _existing_meta(out)
-        if existing is None:
-            if out.is_dir() and not any(out.iterdir()):
-                pass  # an empty folder: fill it
-            else:
-                raise DataError(f"{out} exists and is not a converted dataset: pick another --out "
-                                f"(it is never overwritten, even with --force).")
-        elif existing.get("source") == desc and not force:
-            log(f"{out} already holds this conversion of {_name(desc)}: nothing to do "
-                f"(pass --force to convert again).")
-            return existing
-        elif not force:
-            raise DataError(f"{out} already holds a conversion of another source "
-                            f"({_name(existing.get('source', {}))}): pass --force to replace it.")
-    arrays, classes = read_source(desc)
-    with atomic_dir(out) as tmp:
-        meta = write_dataset(tmp, arrays, classes, desc)
+    with exclusive(out):
+        if out.exists():
+            existing, valid = _existing_meta(out)
+            if valid and existing.get("source") == desc and not force:
+                log(f"{out} already holds this conversion of {_name(desc)}: nothing to do "
+                    f"(pass --force to convert again).")
+                return existing
+            _check_replaceable(out, existing, valid, force)
+        arrays, classes = read_source(desc)
+        with atomic_dir(out) as tmp:
+            meta = write_dataset(tmp, arrays, classes, desc)
     log(f"converted {_name(desc)} -> {out}: {meta['counts']['train']} train, "
         f"{meta['counts']['test']} test images; mean {meta['mean']}, std {meta['std']}.")
     return meta
+
+
+def _check_replaceable(out: Path, existing: dict | None, valid: bool, force: bool) -> None:
+    """Raise unless ``out`` may be written: an empty folder, or (with ``force``) a converted folder of ours."""
+    if not out.is_dir():
+        raise DataError(f"{out} exists and is not a folder: pick another --out.")
+    ours, foreign = owned_dataset(out)
+    if not ours:
+        if not foreign and existing is None:
+            return                                  # an empty folder: fill it
+        listed = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        why = (f"it holds files a conversion never writes ({listed})" if foreign
+               else "its meta.json is not this tool's")
+        raise DataError(f"{out} exists and is not a converted dataset ({why}): it is never replaced, "
+                        f"even with --force; pick another --out.")
+    if not force and not valid:
+        raise DataError(f"{out} holds a conversion that is damaged, edited or of another format version: "
+                        f"pass --force to convert again.")
+    if not force:
+        raise DataError(f"{out} already holds a conversion of another source "
+                        f"({_name((existing or {}).get('source', {}))}): pass --force to replace it.")
 
 
 def write_betons(out) -> None:
@@ -53,17 +69,17 @@ def write_betons(out) -> None:
         print(f"{split}: {ffcv.ensure_beton(out, split)}")
 
 
-def _existing_meta(out: Path) -> dict | None:
+def _existing_meta(out: Path) -> tuple[dict | None, bool]:
+    """(meta.json's content, or None where there is none or it is no JSON object; whether it reads as a valid
+    conversion of this version)."""
     try:
-        return read_meta(out)
+        return read_meta(out), True
     except DataError:
-        if (out / "meta.json").is_file():
-            # ours, but unreadable or another format version: replaceable with --force
-            try:
-                return {"source": json.loads((out / "meta.json").read_text()).get("source")}
-            except (OSError, ValueError, AttributeError):
-                return {"source": None}
-        return None
+        try:
+            meta = json.loads((out / "meta.json").read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            return None, False
+        return (meta if isinstance(meta, dict) else None), False
 
 
 def _name(desc) -> str:
@@ -94,23 +110,12 @@ def main(argv=None) -> int:
     ap.add_argument("--beton", action="store_true",
                     help="also write the FFCV .beton files (DIR/ffcv/; otherwise written on the ffcv loader's first use)")
     args = ap.parse_args(argv)
-    try:
+
+    def body():
         convert(args.source, args.out, force=args.force)
         if args.beton:
             write_betons(args.out)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # noqa: BLE001  LoaderUnavailable (--beton without ffcv)
-        from pipeline import LoaderUnavailable
-        if not isinstance(e, LoaderUnavailable):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: nothing was written to {args.out}.", file=sys.stderr)
-        return 130
-    return 0
+    return run_main(body, interrupted=f"interrupted: {args.out} was left as it was (nothing half-written).")
 
 
 if __name__ == "__main__":

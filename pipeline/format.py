@@ -5,14 +5,21 @@
     DIR/test_images.npy   (M, 32, 32, 3) uint8
     DIR/test_labels.npy   (M,) int64
     DIR/meta.json         format version, class names, counts, per-channel train mean/std
-                          (pixel units, 0..255), the source, and the sha256 of each .npy file
+                          (pixel units, 0..255), the source, the sha256 of each .npy file, and
+                          ``meta_sha256``: the sha256 of meta.json's own other fields, so that an
+                          edited mean or std is caught like a modified array
+    DIR/ffcv/             (optional) the FFCV .beton files written from the arrays
 
 Arrays load with ``np.load(path, mmap_mode="r")``. Writing goes into a temporary folder beside
 DIR that is renamed into place at the end (see ``atomic_dir``), so a reader never sees half a dataset.
+A folder is replaced only when it is provably one of ours (``owned_dataset``): its meta.json says so
+and it holds nothing but what a conversion writes.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -24,12 +31,14 @@ from pathlib import Path
 import numpy as np
 
 FORMAT_NAME = "cifarflow"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # 2: meta.json carries meta_sha256, a checksum of its own fields
 SPLITS = ("train", "test")
 IMAGE_SHAPE = (32, 32, 3)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
 ARRAY_FILES = tuple(f"{s}_{k}.npy" for s in SPLITS for k in ("images", "labels"))
+OWN_FILES = frozenset(ARRAY_FILES + ("meta.json",))
+OWN_FOLDERS = {"ffcv": ".beton"}    # sub-folders a converted folder may hold, and the files they hold
 
 
 class DataError(Exception):
@@ -98,10 +107,17 @@ def write_dataset(out: Path, arrays: dict[str, tuple[np.ndarray, np.ndarray]],
         "source": source,
         "sha256": {name: sha256_file(out / name) for name in ARRAY_FILES},
     }
+    meta["meta_sha256"] = meta_digest(meta)
     _write_json(out / "meta.json", meta)
     for name in ARRAY_FILES + ("meta.json",):
         _fsync(out / name)
     return meta
+
+
+def meta_digest(meta: dict) -> str:
+    """sha256 of meta.json's fields other than ``meta_sha256`` itself, in a canonical form."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _write_json(path: Path, obj) -> None:
@@ -116,8 +132,49 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _load_meta_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"{path} is unreadable ({e}): convert again with --force.") from None
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+
+
+def _check_meta_fields(meta: dict, path: Path) -> None:
+    """Every field a reader relies on, present and of its type: a hand-edited or foreign meta.json is refused
+    here with a sentence rather than failing later with a KeyError."""
+    def need(cond, what):
+        if not cond:
+            raise DataError(f"{path} {what}: convert again with --force.")
+    for key in ("classes", "counts", "mean", "std", "sha256", "source", "meta_sha256"):
+        need(key in meta, f"lacks the field {key!r}")
+    classes = meta["classes"]
+    need(isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes),
+         "has no list of class names in 'classes'")
+    counts = meta["counts"]
+    need(isinstance(counts, dict) and all(isinstance(counts.get(s), int) and not isinstance(counts.get(s), bool)
+                                          and counts[s] > 0 for s in SPLITS),
+         "has no positive train and test image counts in 'counts'")
+    for key in ("mean", "std"):
+        v = meta[key]
+        need(isinstance(v, list) and len(v) == 3 and all(_is_number(x) for x in v),
+             f"has no three numbers in {key!r}")
+    need(all(0 <= m <= 255 for m in meta["mean"]) and all(s > 0 for s in meta["std"]),
+         "holds a mean outside 0..255 or a std that is not positive")
+    sums = meta["sha256"]
+    need(isinstance(sums, dict) and all(isinstance(sums.get(n), str) for n in ARRAY_FILES),
+         "lacks the sha256 of an array file")
+    need(isinstance(meta["meta_sha256"], str) and meta["meta_sha256"] == meta_digest(meta),
+         "does not match its own checksum (meta_sha256): it was edited after the conversion "
+         "(its mean, std, counts or class names can no longer be trusted)")
+
+
 def read_meta(data_dir: str | os.PathLike) -> dict:
-    """meta.json of a converted folder, after checking that it is one, of this format version."""
+    """meta.json of a converted folder, after checking that it is one, of this format version, with every
+    field present and its own checksum intact."""
     data_dir = Path(data_dir)
     path = data_dir / "meta.json"
     if not data_dir.is_dir():
@@ -126,16 +183,42 @@ def read_meta(data_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise DataError(f"{data_dir} holds no meta.json, so it is not a converted dataset: "
                         f"run `python -m pipeline.convert --source SRC --out {data_dir}`.")
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path} is unreadable ({e}): convert again with --force.") from None
+    meta = _load_meta_json(path)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise DataError(f"{path} is not a {FORMAT_NAME} meta file: convert again with --force.")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise DataError(f"{data_dir} is in format version {meta.get('format_version')}, this "
-                        f"version of the tool reads version {FORMAT_VERSION}: convert again with --force.")
+    version = meta.get("format_version")
+    if type(version) is not int or version != FORMAT_VERSION:     # type: True == 1 and 1.0 == 1 in Python
+        raise DataError(f"{data_dir} is in format version {version!r}, this version of the tool reads "
+                        f"version {FORMAT_VERSION}: convert again with --force.")
+    _check_meta_fields(meta, path)
     return meta
+
+
+def owned_dataset(folder: Path) -> tuple[bool, list[str]]:
+    """(is ``folder`` a converted dataset of ours, of any format version?, the names in it that a conversion
+    never writes). Only an owned folder may ever be replaced or deleted: a meta.json that names this format,
+    beside nothing but the arrays, meta.json and the .beton folder."""
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        meta = None
+    ours = isinstance(meta, dict) and meta.get("format") == FORMAT_NAME
+    foreign = []
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return False, []
+    for p in entries:
+        if p.name in OWN_FILES and p.is_file() and not p.is_symlink():
+            continue
+        suffix = OWN_FOLDERS.get(p.name)
+        if suffix and p.is_dir() and not p.is_symlink() and all(
+                f.is_file() and not f.is_symlink() and (f.name.endswith(suffix) or f.name.startswith("."))
+                for f in p.iterdir()):
+            continue
+        foreign.append(p.name)
+    return ours and not foreign, foreign
 
 
 _VERIFIED: dict[tuple, bool] = {}
@@ -201,6 +284,38 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+@contextlib.contextmanager
+def exclusive(final: Path):
+    """Hold the lock of ``final`` (a file ``.NAME.lock`` beside it) for the block: a second conversion into the
+    same folder at the same time is refused with a sentence instead of racing the first one's rename."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    lock = final.parent / f".{final.name}.lock"
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise DataError(f"another conversion into {final} is running right now: wait for it to finish "
+                                f"(or pick another --out).") from None
+            raise
+        try:        # the lock file may have been removed by its last holder after we opened it: take the new one
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -11,10 +11,25 @@ import torch
 from pipeline.policy import AugmentPolicy
 
 
-def resolve_device(device) -> torch.device:
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for, but this machine has no CUDA GPU: use device='cpu'.")
+def resolve_device(device="auto") -> torch.device:
+    """The one device resolver of the project: "auto" (CUDA where there is a GPU, else the CPU), "cpu",
+    "cuda", "cuda:N" or a torch.device; ValueError with a sentence for a GPU this machine lacks or a name
+    torch does not know."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N.") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} was asked for, but this machine has no CUDA GPU: "
+                             f"use --device cpu (or auto).")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r} was asked for, but this machine has "
+                             f"{torch.cuda.device_count()} GPU(s): use cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
+    elif dev.type != "cpu":
+        raise ValueError(f"device {str(device)!r}: cifarflow runs on cpu or cuda.")
     return dev
 
 

@@ -276,8 +276,10 @@ def save_comparison(path, images, ref, out, count=8, amplify=32):
 
 
 def main(argv=None) -> int:
-    from pipeline import LoaderUnavailable, known_loaders
-    from pipeline.format import DataError, load_split
+    from pipeline import known_loaders
+    from pipeline.cli import run_main
+    from pipeline.format import load_split
+    from pipeline.output import resolve_device
 
     ap = argparse.ArgumentParser(prog="python -m pipeline.parity",
                                  description="Check an engine against the albumentations reference: pixel parity "
@@ -290,28 +292,31 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    try:
+    if args.images < 1:
+        ap.error("--images must be at least 1")
+
+    def body():
+        device = resolve_device(args.device)
         split, meta = load_split(args.data_dir, "train")
         policy = AugmentPolicy.from_meta(meta)
         images = np.asarray(split.images[:args.images])
-        pixel, full = replay_parity(args.loader, images, policy, args.seed, args.device)
-        stats = statistical_parity(args.loader, args.data_dir, policy, args.seed, args.device)
-    except (DataError, LoaderUnavailable, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    ok = True
-    for title, checks in (("pixel parity (replayed parameters)", pixel), ("statistical parity (one epoch)", stats)):
-        print(f"{args.loader}: {title}")
-        for c in checks:
-            print(c.row())
-            ok &= c.passed
-    if args.out and full is not None:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        path = Path(args.out) / f"parity-{args.loader}.png"
-        save_comparison(path, images, *full)
-        print(f"wrote {path}")
-    print("PASS" if ok else "FAIL")
-    return 0 if ok else 1
+        pixel, full = replay_parity(args.loader, images, policy, args.seed, device)
+        stats = statistical_parity(args.loader, args.data_dir, policy, args.seed, device)
+        ok = True
+        for title, checks in (("pixel parity (replayed parameters)", pixel),
+                              ("statistical parity (one epoch)", stats)):
+            print(f"{args.loader}: {title}")
+            for c in checks:
+                print(c.row())
+                ok &= c.passed
+        if args.out and full is not None:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            path = Path(args.out) / f"parity-{args.loader}.png"
+            save_comparison(path, images, *full)
+            print(f"wrote {path}")
+        print("PASS" if ok else "FAIL")
+        return 0 if ok else 1
+    return run_main(body)
 
 
 if __name__ == "__main__":

@@ -47,8 +47,9 @@ def save_grid(path, sources, augmented, labels, classes, title: str, cols: int =
 
 
 def main(argv=None) -> int:
-    from pipeline import LoaderUnavailable, known_loaders
-    from pipeline.format import DataError
+    from pipeline import known_loaders
+    from pipeline.cli import run_main
+    from pipeline.output import resolve_device
 
     ap = argparse.ArgumentParser(prog="python -m pipeline.show",
                                  description="Save a grid of training images beside the versions an engine "
@@ -62,16 +63,14 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.count < 1:
         ap.error("--count must be at least 1")
-    try:
+
+    def body():
         sources, augmented, labels, classes = augmented_pairs(args.loader, args.data_dir, args.count,
-                                                              args.seed, args.device)
-    except (DataError, LoaderUnavailable, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    save_grid(args.out, sources, augmented, labels, classes,
-              f"--loader {args.loader}: source | augmented (seed {args.seed})")
-    print(f"wrote {args.out}")
-    return 0
+                                                              args.seed, resolve_device(args.device))
+        save_grid(args.out, sources, augmented, labels, classes,
+                  f"--loader {args.loader}: source | augmented (seed {args.seed})")
+        print(f"wrote {args.out}")
+    return run_main(body)
 
 
 if __name__ == "__main__":

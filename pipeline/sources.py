@@ -7,17 +7,26 @@
 - ``download``: the official tar.gz, md5-checked, cached.
 
 Archives are never extracted: members are checked (no absolute paths, no ``..``, no links or
-devices, no oversized members) and read into memory one by one.
+devices, no oversized members) and read in one pass, each wanted member decoded as it is read (an
+image becomes its 3 KB of pixels at once), so memory stays at what the decoded dataset needs. What
+an archive may unpack to is bounded: per member, in total (``MAX_ARCHIVE_BYTES``, unwanted members
+included, whose content is skipped unread), in images (``MAX_IMAGES``) and in compression ratio
+(``MAX_RATIO``): a small archive that inflates to gigabytes is refused early. Image headers are
+read before any pixel is decoded, so a header claiming a huge size is refused before it costs memory.
+Pixels that would convert wrongly are refused with a sentence: 16-bit or float images, transparent
+pixels, labels that are not whole numbers 0..9.
 """
 from __future__ import annotations
 
 import hashlib
 import io
+import lzma
 import os
 import pickle
 import re
 import stat
 import tarfile
+import warnings
 import urllib.error
 import urllib.request
 import zipfile
@@ -34,9 +43,12 @@ OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
 BATCH_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-MAX_BATCH_BYTES = 256 << 20     # an official batch is 31 MB
-MAX_IMAGE_BYTES = 1 << 20       # a 32x32 image is a few kB
-MAX_ARCHIVE_BYTES = 4 << 30     # uncompressed total read from one archive
+MAX_BATCH_BYTES = 64 << 20      # an official batch is 31 MB
+MAX_IMAGE_BYTES = 64 << 10      # a 32x32 image is a few kB, even a PNG with metadata
+MAX_IMAGES = 120_000            # twice CIFAR-10's 60,000
+MAX_ARCHIVE_BYTES = 1 << 30     # what one archive may unpack to, every member counted (official tar: 178 MB)
+MAX_RATIO = 100                 # unpacked / packed bytes, checked once past RATIO_GRACE (official tar.gz: 1.05)
+RATIO_GRACE = 32 << 20
 CACHE_DIR = Path(os.environ.get("CIFARFLOW_CACHE", Path.home() / ".cache" / "cifarflow"))
 
 Arrays = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -99,16 +111,30 @@ def parse_batch(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
         shape = getattr(x, "shape", None)
         raise DataError(f"{name}: 'data' must be a uint8 array of shape (N, 3072), got "
                         f"{getattr(x, 'dtype', type(x).__name__)} {shape}.")
-    try:
-        y = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError):
-        raise DataError(f"{name}: 'labels' is not a list of integers.") from None
+    y = _integer_labels(labels, name)
     if y.ndim != 1 or len(y) != len(x):
         raise DataError(f"{name} holds {len(x)} images but {y.size} labels.")
     if len(y) and (y.min() < 0 or y.max() > 9):
         raise DataError(f"{name}: labels must lie in 0..9, found {y.min()}..{y.max()}.")
     images = x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), y
+
+
+def _integer_labels(labels, name: str) -> np.ndarray:
+    """The labels as int64, refusing what would convert silently wrong: floats (3.7 would become 3),
+    booleans, strings, and whole numbers too large for int64."""
+    try:
+        raw = np.asarray(labels)
+    except (TypeError, ValueError, OverflowError):
+        raw = np.asarray([], dtype=object)
+    if raw.dtype.kind not in "iu" or raw.ndim != 1:
+        bad = next((v for v in (labels if isinstance(labels, (list, tuple, np.ndarray)) else [labels])
+                    if isinstance(v, bool) or not isinstance(v, (int, np.integer))), None)
+        what = f"found {bad!r}" if bad is not None else "found numbers too large to be a class"
+        raise DataError(f"{name}: 'labels' must be a list of whole numbers 0..9, {what}.")
+    if raw.dtype.kind == "u" and raw.dtype.itemsize == 8 and len(raw) and raw.max() > np.iinfo(np.int64).max:
+        raise DataError(f"{name}: 'labels' must be whole numbers 0..9, found {raw.max()}.")
+    return raw.astype(np.int64)
 
 
 def parse_meta(data: bytes, name: str) -> list[str]:
@@ -119,21 +145,19 @@ def parse_meta(data: bytes, name: str) -> list[str]:
     return [n.decode() if isinstance(n, bytes) else n for n in names]
 
 
-def _assemble_batches(read, where: str) -> tuple[Arrays, list[str]]:
-    """``read(file_name) -> bytes or None`` for the files of the official layout."""
+def _assemble_batches(parsed: dict, where: str) -> tuple[Arrays, list[str]]:
+    """``parsed``: file name -> (images, labels) of each batch file found (parse_batch), and
+    "batches.meta" -> the class names, for the files of the official layout."""
     arrays = {}
     for split in SPLITS:
         parts = []
-        with tqdm(BATCH_FILES[split], desc=f"reading {split} batches", unit="file", leave=False) as bar:
-            for fname in bar:
-                data = read(fname)
-                if data is None:
-                    raise DataError(f"{where} has no {fname}: the official layout holds "
-                                    f"data_batch_1..5, test_batch and batches.meta.")
-                parts.append(parse_batch(data, f"{where}/{fname}"))
+        for fname in BATCH_FILES[split]:
+            if fname not in parsed:
+                raise DataError(f"{where} has no {fname}: the official layout holds "
+                                f"data_batch_1..5, test_batch and batches.meta.")
+            parts.append(parsed[fname])
         arrays[split] = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
-    meta = read("batches.meta")
-    classes = parse_meta(meta, f"{where}/batches.meta") if meta is not None else list(CIFAR10_CLASSES)
+    classes = parsed.get("batches.meta", list(CIFAR10_CLASSES))
     for split in SPLITS:
         missing = sorted(set(range(10)) - set(np.unique(arrays[split][1]).tolist()))
         if missing:
@@ -142,15 +166,21 @@ def _assemble_batches(read, where: str) -> tuple[Arrays, list[str]]:
     return arrays, classes
 
 
+def _parse_batch_file(fname: str, data: bytes, where: str):
+    return parse_meta(data, f"{where}/{fname}") if fname == "batches.meta" else parse_batch(data, f"{where}/{fname}")
+
+
 def read_batches_dir(path: Path) -> tuple[Arrays, list[str]]:
-    def read(fname):
+    parsed = {}
+    names = BATCH_FILES["train"] + BATCH_FILES["test"] + ["batches.meta"]
+    for fname in tqdm(names, desc="reading batches", unit="file", leave=False):
         p = path / fname
         if not p.is_file():
-            return None
+            continue
         if p.stat().st_size > MAX_BATCH_BYTES:
             raise DataError(f"{p} is {p.stat().st_size} bytes, far larger than a CIFAR-10 batch.")
-        return p.read_bytes()
-    return _assemble_batches(read, str(path))
+        parsed[fname] = _parse_batch_file(fname, p.read_bytes(), str(path))
+    return _assemble_batches(parsed, str(path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,53 +196,137 @@ def _check_member_name(name: str, archive: Path) -> str:
     return str(p)
 
 
-def iter_archive(archive: Path, wanted, max_member: int) -> Iterator[tuple[str, bytes]]:
-    """Yield (name, bytes) for the regular-file members for which ``wanted(name)`` is true.
+class _Counting(io.RawIOBase):
+    """A read-only file that counts the bytes read from it: the packed bytes behind a tar stream."""
 
-    Every member is checked, wanted or not: absolute paths, ``..``, links and device files
-    refuse the whole archive; a wanted member over ``max_member`` bytes too."""
-    total = 0
+    def __init__(self, f):
+        self.f, self.count = f, 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        n = self.f.readinto(b)
+        self.count += n or 0
+        return n
+
+
+class _Budget:
+    """What one archive may unpack to: in total and relative to its packed size."""
+
+    def __init__(self, archive: Path, packed):
+        self.archive, self.packed, self.total = archive, packed, 0
+
+    def take(self, size: int) -> None:
+        self.total += size
+        if self.total > MAX_ARCHIVE_BYTES:
+            raise DataError(f"{self.archive} was refused: it unpacks to more than {MAX_ARCHIVE_BYTES >> 20} MB, "
+                            f"more than any CIFAR-10 source.")
+        packed = max(self.packed(), 1)
+        if self.total > RATIO_GRACE and self.total > MAX_RATIO * packed:
+            raise DataError(f"{self.archive} was refused: it unpacks to over {MAX_RATIO} times its packed size "
+                            f"(a compression bomb, or not a dataset of images).")
+
+
+def _unpacked(f):
+    """The tar stream inside a gzip, bzip2 or xz file (or the file itself): decompressed in bounded steps, so
+    that a few kB of a compression bomb never turn into megabytes at once (tarfile's own "r|gz" would)."""
+    import bz2
+    import gzip
+    import lzma
+    magic = f.peek(6)[:6]
+    if magic[:2] == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=f, mode="rb")
+    if magic[:3] == b"BZh":
+        return bz2.BZ2File(f, mode="rb")
+    if magic == b"\xfd7zXZ\x00":
+        return lzma.LZMAFile(f, mode="rb")
+    return f
+
+
+def _read_limited(f, limit: int, name: str, archive: Path) -> bytes:
+    data = f.read(limit + 1)            # never more than the limit, whatever the header claims
+    if len(data) > limit:
+        raise DataError(f"{archive} was refused: member {name!r} unpacks to more than its {limit}-byte limit.")
+    return data
+
+
+def iter_archive(archive: Path, limit_of) -> Iterator[tuple[str, bytes]]:
+    """Yield (name, bytes) for the regular-file members for which ``limit_of(name)`` gives a byte limit (None:
+    not wanted; its content is skipped, never read into memory).
+
+    Every member is checked, wanted or not: absolute paths, ``..``, links and device files refuse the whole
+    archive, and so does a wanted member over its limit, or the whole unpacking more than MAX_ARCHIVE_BYTES
+    or MAX_RATIO times the archive's size."""
     name = archive.name.lower()
     try:
         if name.endswith(".zip"):
-            with zipfile.ZipFile(archive) as zf:
-                for info in zf.infolist():
-                    member = _check_member_name(info.filename, archive)
-                    mode = info.external_attr >> 16
-                    if mode and stat.S_ISLNK(mode):
-                        raise DataError(f"{archive} was refused: member {info.filename!r} is a link.")
-                    if info.is_dir() or not wanted(member):
-                        continue
-                    if info.file_size > max_member:
-                        raise DataError(f"{archive} was refused: member {info.filename!r} is "
-                                        f"{info.file_size} bytes, over the {max_member}-byte limit.")
-                    total += info.file_size
-                    if total > MAX_ARCHIVE_BYTES:
-                        raise DataError(f"{archive} was refused: it unpacks to more than {MAX_ARCHIVE_BYTES} bytes.")
-                    yield member, zf.read(info)
+            yield from _iter_zip(archive, limit_of)
             return
-        with tarfile.open(archive, mode="r|*") as tf:
-            for info in tf:
-                member = _check_member_name(info.name, archive)
-                if info.issym() or info.islnk():
-                    raise DataError(f"{archive} was refused: member {info.name!r} is a link.")
-                if info.isdir():
-                    continue
-                if not info.isfile():
-                    raise DataError(f"{archive} was refused: member {info.name!r} is not a regular file.")
-                if not wanted(member):
-                    continue
-                if info.size > max_member:
-                    raise DataError(f"{archive} was refused: member {info.name!r} is {info.size} bytes, "
-                                    f"over the {max_member}-byte limit.")
-                total += info.size
-                if total > MAX_ARCHIVE_BYTES:
-                    raise DataError(f"{archive} was refused: it unpacks to more than {MAX_ARCHIVE_BYTES} bytes.")
-                f = tf.extractfile(info)
-                yield member, f.read()
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
+        with open(archive, "rb") as raw, tqdm(total=archive.stat().st_size, unit="B", unit_scale=True,
+                                                 desc=f"reading {archive.name}", leave=False) as bar:
+            counted = _Counting(raw)
+            budget = _Budget(archive, lambda: counted.count)
+            stream = _unpacked(io.BufferedReader(counted, 1 << 16))
+            with tarfile.open(fileobj=stream, mode="r|") as tf:
+                for info in tf:
+                    bar.update(counted.count - bar.n)
+                    member = _check_member_name(info.name, archive)
+                    if info.issym() or info.islnk():
+                        raise DataError(f"{archive} was refused: member {info.name!r} is a link.")
+                    if info.isdir():
+                        continue
+                    if not info.isfile():
+                        raise DataError(f"{archive} was refused: member {info.name!r} is not a regular file.")
+                    budget.take(info.size)
+                    limit = limit_of(member)
+                    if limit is None:
+                        continue                        # skipped by the stream, never held
+                    if info.size > limit:
+                        raise DataError(f"{archive} was refused: member {info.name!r} is {info.size} bytes, "
+                                        f"over the {limit}-byte limit.")
+                    yield member, _read_limited(tf.extractfile(info), limit, info.name, archive)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError) as e:
         raise DataError(f"{archive} is not a readable archive ({type(e).__name__}: {e}): "
                         f"the file is corrupt or truncated.") from None
+    except OSError as e:
+        if e.filename is not None:
+            raise                               # the archive itself cannot be opened: said at the CLI boundary
+        raise DataError(f"{archive} is not a readable archive ({type(e).__name__}: {e}): "
+                        f"the file is corrupt or truncated.") from None
+
+
+def _iter_zip(archive: Path, limit_of) -> Iterator[tuple[str, bytes]]:
+    with zipfile.ZipFile(archive) as zf:
+        budget = _Budget(archive, lambda: archive.stat().st_size)
+        for info in zf.infolist():
+            member = _check_member_name(info.filename, archive)
+            mode = info.external_attr >> 16
+            if mode and stat.S_ISLNK(mode):
+                raise DataError(f"{archive} was refused: member {info.filename!r} is a link.")
+            if info.is_dir():
+                continue
+            if info.flag_bits & 0x1:
+                raise DataError(f"{archive} is encrypted (member {info.filename!r} needs a password): "
+                                f"unpack it with its password and pass the folder instead.")
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2,
+                                          zipfile.ZIP_LZMA):
+                raise DataError(f"{archive} uses a compression this tool cannot read (method "
+                                f"{info.compress_type} for {info.filename!r}): re-pack it as a plain .zip "
+                                f"(deflate) or .tar.gz.")
+            budget.take(info.file_size)
+            limit = limit_of(member)
+            if limit is None:
+                continue
+            if info.file_size > limit:
+                raise DataError(f"{archive} was refused: member {info.filename!r} is {info.file_size} bytes, "
+                                f"over the {limit}-byte limit.")
+            try:
+                with zf.open(info) as f:
+                    yield member, _read_limited(f, limit, info.filename, archive)
+            except NotImplementedError as e:
+                raise DataError(f"{archive}: member {info.filename!r} cannot be read ({e}): re-pack it as a "
+                                f"plain .zip (deflate) or .tar.gz.") from None
 
 
 def is_archive(path: Path) -> bool:
@@ -220,21 +334,27 @@ def is_archive(path: Path) -> bool:
     return path.is_file() and n.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip"))
 
 
-def archive_kind(archive: Path) -> str:
-    """'batches' if the archive holds the official python batches, else 'images'.
-    This first pass also checks every member, so a bad archive is refused before any work."""
-    names = []
-    for _ in iter_archive(archive, lambda m: names.append(m) and False, 0):
-        pass
-    return "batches" if any(PurePosixPath(n).name == "data_batch_1" for n in names) else "images"
+def read_archive(archive: Path) -> tuple[Arrays, list[str]]:
+    """The official batches or an image-folder tree from one archive, in one pass: each wanted member is
+    parsed or decoded as it is read, and the first bad one refuses the archive."""
+    batch_names = set(BATCH_FILES["train"] + BATCH_FILES["test"] + ["batches.meta"])
 
+    def limit_of(member):
+        if PurePosixPath(member).name in batch_names:
+            return MAX_BATCH_BYTES
+        return MAX_IMAGE_BYTES if _image_member(member) is not None else None
 
-def read_batches_archive(archive: Path) -> tuple[Arrays, list[str]]:
-    wanted = set(BATCH_FILES["train"] + BATCH_FILES["test"] + ["batches.meta"])
-    found: dict[str, bytes] = {}
-    for member, data in iter_archive(archive, lambda m: PurePosixPath(m).name in wanted, MAX_BATCH_BYTES):
-        found[PurePosixPath(member).name] = data
-    return _assemble_batches(found.get, str(archive))
+    parsed: dict = {}
+    images = _ImageSet(str(archive))
+    for member, data in iter_archive(archive, limit_of):
+        fname = PurePosixPath(member).name
+        if fname in batch_names:
+            parsed[fname] = _parse_batch_file(fname, data, str(archive))
+        else:
+            images.add(_image_member(member), data, f"{archive}:{member}")
+    if "data_batch_1" in parsed:
+        return _assemble_batches(parsed, str(archive))
+    return images.assemble()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,6 +362,7 @@ def read_batches_archive(archive: Path) -> tuple[Arrays, list[str]]:
 # ---------------------------------------------------------------------------------------------
 
 _IMAGE_RE = re.compile(r"^(?:(?P<prefix>.*)/)?(?P<split>train|test)/(?P<cls>[^/]+)/(?P<file>[^/]+)$")
+_DEEP_MODES = {"I", "F", "I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I;32", "RGB;16", "RGBA;16"}
 
 
 def _image_member(name: str):
@@ -252,18 +373,55 @@ def _image_member(name: str):
 
 
 def decode_image(data: bytes, name: str) -> np.ndarray:
+    """One encoded 32x32 image -> (32, 32, 3) uint8 RGB. Its header is checked before any pixel is decoded
+    (size, a decompression bomb); 16-bit and float images and transparent pixels are refused, since
+    converting them to 8-bit RGB would silently change them."""
     from PIL import Image, UnidentifiedImageError
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.size != (32, 32):
-                raise DataError(f"{name} is {im.size[0]}x{im.size[1]}, CIFAR-10 images are 32x32.")
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:            # reads the header only
+                if im.size != (32, 32):
+                    raise DataError(f"{name} is {im.size[0]}x{im.size[1]}, CIFAR-10 images are 32x32.")
+                rawmode = im.tile[0][3] if im.tile and isinstance(im.tile[0][3], str) else ""
+                if im.mode in _DEEP_MODES or "16" in rawmode:
+                    raise DataError(f"{name} is a 16-bit or floating-point image ({im.mode}), which 8-bit "
+                                    f"CIFAR-10 pixels cannot hold without changing it: save it as 8-bit first.")
+                if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+                    rgba = np.asarray(im.convert("RGBA"), dtype=np.uint8)
+                    if (rgba[..., 3] != 255).any():
+                        raise DataError(f"{name} has transparent pixels (an alpha channel), which CIFAR-10 "
+                                        f"images do not have: flatten it onto a background first.")
+                    return np.ascontiguousarray(rgba[..., :3])
+                return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"{name} was refused: its header claims a huge image ({e}).") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
         raise DataError(f"{name} is not a readable image ({e}).") from None
 
 
-def _assemble_images(files: dict[tuple[str, str, str], bytes], where: str) -> tuple[Arrays, list[str]]:
-    """files: (split, class, file name) -> encoded bytes."""
+class _ImageSet:
+    """Decoded images of an image-folder tree, collected as they are read: (split, class, file) -> pixels."""
+
+    def __init__(self, where: str):
+        self.where, self.images, self.prefixes = where, {}, set()
+
+    def add(self, m, data: bytes, name: str) -> None:
+        if len(self.images) >= MAX_IMAGES:
+            raise DataError(f"{self.where} holds more than {MAX_IMAGES:,} images, far more than CIFAR-10's "
+                            f"60,000: it is not a CIFAR-10 source.")
+        self.prefixes.add(m["prefix"] or "")
+        if len(self.prefixes) > 1:
+            raise DataError(f"{self.where} holds several train/test trees ({', '.join(sorted(self.prefixes))}): "
+                            f"keep one.")
+        self.images[(m["split"], m["cls"], m["file"])] = decode_image(data, name)
+
+    def assemble(self) -> tuple[Arrays, list[str]]:
+        return _assemble_images(self.images, self.where)
+
+
+def _assemble_images(files: dict[tuple[str, str, str], np.ndarray], where: str) -> tuple[Arrays, list[str]]:
+    """files: (split, class, file name) -> decoded (32, 32, 3) pixels."""
     classes = list(CIFAR10_CLASSES)
     present = {split: {c for (s, c, _) in files if s == split} for split in SPLITS}
     for split in SPLITS:
@@ -279,36 +437,20 @@ def _assemble_images(files: dict[tuple[str, str, str], bytes], where: str) -> tu
             raise DataError(f"{where}: {split}/ has no images of class {missing[0]!r} "
                             f"(the 10 CIFAR-10 classes are all needed).")
     arrays = {}
-    with tqdm(total=len(files), desc="decoding images", unit="img", leave=False) as bar:
-        for split in SPLITS:
-            keys = sorted((k for k in files if k[0] == split), key=lambda k: (classes.index(k[1]), k[2]))
-            images = np.empty((len(keys), 32, 32, 3), np.uint8)
-            labels = np.empty(len(keys), np.int64)
-            for i, key in enumerate(keys):
-                images[i] = decode_image(files[key], f"{where}:{'/'.join(key)}")
-                labels[i] = classes.index(key[1])
-                bar.update()
-            arrays[split] = (images, labels)
+    for split in SPLITS:
+        keys = sorted((k for k in files if k[0] == split), key=lambda k: (classes.index(k[1]), k[2]))
+        images = np.empty((len(keys), 32, 32, 3), np.uint8)
+        labels = np.empty(len(keys), np.int64)
+        for i, key in enumerate(keys):
+            images[i] = files[key]
+            labels[i] = classes.index(key[1])
+        arrays[split] = (images, labels)
     return arrays, classes
 
 
-def read_image_archive(archive: Path) -> tuple[Arrays, list[str]]:
-    files = {}
-    prefixes = set()
-    members = iter_archive(archive, lambda m: _image_member(m) is not None, MAX_IMAGE_BYTES)
-    with tqdm(members, desc="reading archive", unit="file", leave=False) as bar:
-        for member, data in bar:
-            m = _image_member(member)
-            prefixes.add(m["prefix"] or "")
-            files[(m["split"], m["cls"], m["file"])] = data
-    if len(prefixes) > 1:
-        raise DataError(f"{archive} holds several train/test trees ({', '.join(sorted(prefixes))}): "
-                        f"keep one.")
-    return _assemble_images(files, str(archive))
-
-
 def read_image_dir(root: Path) -> tuple[Arrays, list[str]]:
-    files = {}
+    images = _ImageSet(str(root))
+    paths = []
     for split in SPLITS:
         split_dir = root / split
         if not split_dir.is_dir():
@@ -316,10 +458,13 @@ def read_image_dir(root: Path) -> tuple[Arrays, list[str]]:
         for cls_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
             for f in cls_dir.iterdir():
                 if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."):
-                    if f.stat().st_size > MAX_IMAGE_BYTES:
-                        raise DataError(f"{f} is {f.stat().st_size} bytes, far larger than a 32x32 image.")
-                    files[(split, cls_dir.name, f.name)] = f.read_bytes()
-    return _assemble_images(files, str(root))
+                    paths.append((split, cls_dir, f))
+    for split, cls_dir, f in tqdm(paths, desc="decoding images", unit="img", leave=False):
+        if f.stat().st_size > MAX_IMAGE_BYTES:
+            raise DataError(f"{f} is {f.stat().st_size} bytes, far larger than a 32x32 image.")
+        m = _IMAGE_RE.match(f"{split}/{cls_dir.name}/{f.name}")
+        images.add(m, f.read_bytes(), str(f))
+    return images.assemble()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,12 +547,10 @@ def describe(source: str) -> dict:
 def read_source(desc: dict) -> tuple[Arrays, list[str]]:
     kind = desc["kind"]
     if kind == "download":
-        return read_batches_archive(download_official())
+        return read_archive(download_official())
     path = Path(desc["path"])
     if kind == "batches-dir":
         return read_batches_dir(path)
     if kind == "image-dir":
         return read_image_dir(path)
-    if archive_kind(path) == "batches":
-        return read_batches_archive(path)
-    return read_image_archive(path)
+    return read_archive(path)

@@ -1,7 +1,8 @@
 """Shared fixtures: cifar10-mini and the full jpeg archive from ../shared/data, converted once.
 
 Where ../shared/data is absent, ``mini_dir`` falls back to generated batches in the official
-format (tests that need real pictures skip with a visible reason)."""
+format whose labels follow the pictures (each class has its own colour and stripe direction), so the
+learning checks mean the same on them; tests that need real pictures skip with a visible reason."""
 from __future__ import annotations
 
 import os
@@ -22,19 +23,34 @@ needs_mini = pytest.mark.skipif(not HAVE_MINI, reason=f"real CIFAR-10 pictures a
 needs_jpeg = pytest.mark.skipif(not HAVE_JPEG, reason=f"cifar10-jpeg archive absent ({JPEG_ARCHIVE})")
 
 
+CLASS_COLOURS = np.array([[220, 60, 60], [60, 200, 60], [60, 60, 220], [220, 200, 50], [200, 60, 200],
+                          [50, 200, 210], [240, 140, 40], [130, 70, 30], [150, 150, 150], [40, 40, 40]], np.float64)
+
+
+def generated_pictures(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(n, 3, 32, 32) uint8 pictures whose class can be seen: the class's colour, a stripe pattern whose period
+    and direction depend on the class, blocky noise of the same strength on top."""
+    n = len(labels)
+    yy, xx = np.mgrid[0:32, 0:32]
+    angle = labels[:, None, None] * (np.pi / 10)
+    period = 4 + (labels[:, None, None] % 3) * 2
+    stripes = np.cos(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period)       # (n, 32, 32)
+    base = CLASS_COLOURS[labels][:, :, None, None] * (0.75 + 0.25 * stripes[:, None])
+    noise = np.kron(rng.normal(0, 35, (n, 3, 4, 4)), np.ones((1, 1, 8, 8))) + rng.normal(0, 8, (n, 3, 32, 32))
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
 def write_batches(folder: Path, per_batch: int = 200, seed: int = 0, test_count: int | None = None) -> Path:
-    """Official-format batches of generated pictures (smooth random blobs, all 10 classes)."""
+    """Official-format batches of generated pictures (all 10 classes, labels that follow the pictures)."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     for name in names:
         n = test_count if (name == "test_batch" and test_count) else per_batch
-        low = rng.integers(0, 256, (n, 3, 4, 4)).astype(np.float64)
-        data = np.kron(low, np.ones((1, 1, 8, 8)))  # blocky 32x32 pictures
-        data = np.clip(data + rng.normal(0, 8, data.shape), 0, 255).astype(np.uint8).reshape(n, 3072)
-        labels = [int(i % 10) for i in rng.permutation(n)]
+        labels = rng.permutation(np.arange(n) % 10)
+        data = generated_pictures(labels, rng).reshape(n, 3072)
         with open(folder / name, "wb") as f:
-            pickle.dump({"batch_label": name, "labels": labels, "data": data}, f, protocol=2)
+            pickle.dump({"batch_label": name, "labels": [int(v) for v in labels], "data": data}, f, protocol=2)
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
                                      "horse", "ship", "truck"], "num_cases_per_batch": per_batch,
@@ -84,3 +100,26 @@ def jpeg_dir(tmp_path_factory) -> Path:
 def small_batches(tmp_path) -> Path:
     """A small generated batches folder a test may break as it likes."""
     return write_batches(tmp_path / "cifar-10-batches-py", per_batch=40)
+
+
+class Ran:
+    """What a command line did, run in this process: its exit code and what it printed."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def run_in_process(main, *args) -> Ran:
+    """``main(argv)`` of a command, in this process (no interpreter start, no torch import per call), with
+    argparse's own exits and what it prints captured: the same exit code and output a subprocess would give."""
+    import contextlib
+    import io
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            if isinstance(e.code, str):
+                err.write(e.code)
+    return Ran(code, out.getvalue(), err.getvalue())

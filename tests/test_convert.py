@@ -17,16 +17,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import JPEG_ARCHIVE, MINI_BATCHES, ROOT, needs_jpeg, needs_mini, write_batches
+from conftest import JPEG_ARCHIVE, MINI_BATCHES, ROOT, needs_jpeg, needs_mini, run_in_process, write_batches
 from pipeline.convert import convert, main
 from pipeline.format import CIFAR10_CLASSES, FORMAT_VERSION, DataError, load_split, read_meta
 
 QUIET = dict(log=lambda *a: None)
 
 
-def run_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.convert", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+def run_cli(*args):
+    """python -m pipeline.convert ARGS, in this process (the exit code and output a subprocess would give)."""
+    return run_in_process(main, *args)
 
 
 def assert_one_sentence_error(proc, *fragments):
@@ -410,3 +410,245 @@ def test_readers_refuse_another_format_version_and_corrupt_arrays(tmp_path, smal
         load_split(out, "test")
     with pytest.raises(DataError, match="pipeline.convert"):
         load_split(tmp_path / "missing", "train")
+
+
+# --------------------------------------------------------------------------------------------
+# nothing of the user's is ever deleted
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("meta", ['{"name": "my project"}', "not json at all", None])
+def test_force_never_replaces_a_folder_that_is_not_provably_ours(tmp_path, small_batches, meta):
+    """A folder with a meta.json of its own (or of ours, beside the user's files) is the user's: refused with a
+    sentence, --force or not, and every file stays."""
+    folder = tmp_path / "project"
+    if meta is None:        # a real conversion of ours, into which the user put a file of their own
+        convert(str(small_batches), folder, **QUIET)
+    else:
+        folder.mkdir()
+        (folder / "meta.json").write_text(meta)
+    (folder / "thesis.txt").write_text("do not delete")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    other = write_batches(tmp_path / "other" / "cifar-10-batches-py", per_batch=30, seed=5)
+    for extra in ((), ("--force",)):
+        proc = run_cli("--source", other, "--out", folder, *extra)
+        assert_one_sentence_error(proc, "not a converted dataset", "never replaced")
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert "thesis.txt" in proc.stderr
+
+
+def test_force_replaces_a_conversion_of_ours_with_its_beton_folder(tmp_path, small_batches):
+    out = tmp_path / "out"
+    convert(str(small_batches), out, **QUIET)
+    (out / "ffcv").mkdir()
+    (out / "ffcv" / "train-0123.beton").write_bytes(b"beton")
+    other = write_batches(tmp_path / "other" / "cifar-10-batches-py", per_batch=30, seed=5)
+    assert run_cli("--source", other, "--out", out, "--force").returncode == 0
+    assert read_meta(out)["counts"]["train"] == 150 and not (out / "ffcv").exists()
+
+
+def test_two_conversions_into_one_folder_at_once_are_refused(tmp_path, small_batches):
+    from pipeline.format import exclusive
+    out = tmp_path / "out"
+    with exclusive(out):            # another conversion holds the folder
+        proc = run_cli("--source", small_batches, "--out", out)
+    assert_one_sentence_error(proc, "another conversion into", "running")
+    assert not out.exists()
+    assert run_cli("--source", small_batches, "--out", out).returncode == 0     # free again afterwards
+    assert not (tmp_path / ".out.lock").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# memory: what an archive may unpack to is bounded
+# --------------------------------------------------------------------------------------------
+
+def _peak_python_memory(fn):
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize("where", ["images", "elsewhere"])
+def test_a_small_archive_that_inflates_is_refused_without_holding_it(tmp_path, where):
+    """40 members of 1 MB of zeros pack to a few dozen kB: refused (an image member is over its size limit,
+    other members inflate past the compression ratio) while the converter holds a few MB at most."""
+    png = _png_bytes()
+    members = [_file(f"train/{c}/0000.png", png) for c in CIFAR10_CLASSES]
+    name = "train/cat/{i:04d}.png" if where == "images" else "docs/blob{i}.bin"
+    members += [_file(name.format(i=i + 1), b"\0" * (1 << 20)) for i in range(40)]
+    archive = _tar_with(tmp_path / "bomb.tar.gz", members)
+    assert archive.stat().st_size < 200_000
+    results = []
+    peak = _peak_python_memory(lambda: results.append(run_cli("--source", archive, "--out", tmp_path / "out")))
+    assert_one_sentence_error(results[0], str(archive), "refused")
+    assert peak < 8 << 20, f"held {peak / 2**20:.0f} MB"
+    assert not (tmp_path / "out").exists()
+
+
+def test_images_are_decoded_as_they_are_read_and_the_first_bad_one_stops_it(tmp_path, monkeypatch):
+    tree = make_image_tree(tmp_path / "tree", train=3, test=1)
+    (tree / "train" / "airplane" / "0001.png").write_bytes(b"broken")
+    tgz = tmp_path / "tree.tar.gz"
+    with tarfile.open(tgz, "w:gz") as tf:
+        for p in sorted(tree.rglob("*.png")):
+            tf.add(p, arcname=str(p.relative_to(tree)))
+    decoded = []
+    import pipeline.sources as sources
+    real = sources.decode_image
+    monkeypatch.setattr(sources, "decode_image", lambda data, name: decoded.append(name) or real(data, name))
+    assert_one_sentence_error(run_cli("--source", tgz, "--out", tmp_path / "out"), "airplane/0001.png",
+                              "not a readable image")
+    assert decoded[-1].endswith("train/airplane/0001.png"), "it went on decoding after the bad member"
+    assert len(decoded) == 12           # test/'s ten, then train/airplane/0000 and the bad one: in archive order
+
+
+def _png_with_header(width: int, height: int) -> bytes:
+    import struct
+    import zlib as z
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", z.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", z.compress(b"\0" * 10)) + chunk(b"IEND", b""))
+
+
+def test_an_image_header_claiming_a_huge_size_is_refused_before_decoding(tmp_path):
+    tree = make_image_tree(tmp_path / "tree")
+    (tree / "train" / "cat" / "0009.png").write_bytes(_png_with_header(100_000, 100_000))
+    proc = run_cli("--source", tree, "--out", tmp_path / "out")
+    assert_one_sentence_error(proc, "cat/0009.png", "huge")
+
+
+# --------------------------------------------------------------------------------------------
+# silent wrong data is refused instead
+# --------------------------------------------------------------------------------------------
+
+def _save_png(path: Path, array: np.ndarray) -> None:
+    import cv2
+    ok, enc = cv2.imencode(".png", array[..., ::-1] if array.ndim == 3 else array)  # OpenCV writes BGR(A)
+    assert ok
+    path.write_bytes(enc.tobytes())
+
+
+@pytest.mark.parametrize("case,fragment", [
+    ("gray16", "16-bit"), ("rgb16", "16-bit"), ("transparent", "transparent pixels"),
+])
+def test_images_that_would_convert_wrongly_are_refused(tmp_path, case, fragment):
+    tree = make_image_tree(tmp_path / "tree")
+    path = tree / "train" / "dog" / "0001.png"
+    if case == "gray16":
+        _save_png(path, np.full((32, 32), 40_000, np.uint16))       # clipped to white by an RGB conversion
+    elif case == "rgb16":
+        _save_png(path, np.full((32, 32, 3), 40_000, np.uint16))
+    else:
+        rgba = np.zeros((32, 32, 4), np.uint8)
+        rgba[..., 3] = 255
+        rgba[5, 5, 3] = 0
+        Image.fromarray(rgba).save(path)
+    proc = run_cli("--source", tree, "--out", tmp_path / "out")
+    assert_one_sentence_error(proc, "dog/0001.png", fragment)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_opaque_alpha_channel_is_dropped_without_changing_a_pixel(tmp_path):
+    tree = make_image_tree(tmp_path / "tree")
+    rgb = np.asarray(Image.open(tree / "train" / "dog" / "0001.png"))
+    Image.fromarray(np.dstack([rgb, np.full((32, 32), 255, np.uint8)])).save(tree / "train" / "dog" / "0001.png")
+    convert(str(tree), tmp_path / "out", **QUIET)
+    data, _ = load_split(tmp_path / "out", "train")
+    np.testing.assert_array_equal(data.images[5 * 2 + 1], rgb)        # dog is class 5, two images a class
+
+
+@pytest.mark.parametrize("labels,fragment", [
+    ([3.7] * 40, "3.7"), ([2 ** 70] * 40, "whole numbers"), ([True] * 40, "True"), (["cat"] * 40, "'cat'"),
+])
+def test_labels_that_are_not_whole_numbers_are_refused(tmp_path, small_batches, labels, fragment):
+    _rewrite(small_batches / "data_batch_2", labels=labels)
+    assert_one_sentence_error(run_cli("--source", small_batches, "--out", tmp_path / "out"), "data_batch_2",
+                              "whole numbers", fragment)
+
+
+@pytest.mark.parametrize("edit,fragment", [
+    (lambda m: m.update(mean=[m["mean"][0] + 1, *m["mean"][1:]]), "edited"),
+    (lambda m: m.update(std=[1.0, 1.0, 1.0]), "edited"),
+    (lambda m: m.pop("sha256"), "lacks the field 'sha256'"),
+    (lambda m: m.pop("classes"), "lacks the field 'classes'"),
+    (lambda m: m.pop("counts"), "lacks the field 'counts'"),
+    (lambda m: m.pop("mean"), "lacks the field 'mean'"),
+    (lambda m: m.update(format_version=True), "format version True"),
+    (lambda m: m.update(format_version=str(FORMAT_VERSION)), "format version '"),
+])
+def test_an_edited_or_incomplete_meta_json_is_refused(tmp_path, small_batches, edit, fragment):
+    out = tmp_path / "out"
+    convert(str(small_batches), out, **QUIET)
+    meta = json.loads((out / "meta.json").read_text())
+    edit(meta)
+    (out / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="convert again with --force") as e:
+        load_split(out, "train")
+    assert fragment in str(e.value)
+    # the folder is still ours: --force converts it again
+    assert run_cli("--source", small_batches, "--out", out).returncode == 2
+    assert run_cli("--source", small_batches, "--out", out, "--force").returncode == 0
+    load_split(out, "train")
+
+
+# --------------------------------------------------------------------------------------------
+# the environment's failures: one sentence, exit 2
+# --------------------------------------------------------------------------------------------
+
+def test_an_out_below_a_file_is_a_sentence(tmp_path, small_batches):
+    (tmp_path / "afile").write_text("x")
+    assert_one_sentence_error(run_cli("--source", small_batches, "--out", tmp_path / "afile" / "out"),
+                              "not a folder")
+
+
+@pytest.mark.parametrize("code,fragment", [(28, "no space left"), (13, "permission denied")])
+def test_a_full_disk_or_a_denied_write_is_a_sentence_and_leaves_nothing(tmp_path, small_batches, monkeypatch,
+                                                                         code, fragment):
+    def failing_save(path, *a, **k):
+        raise OSError(code, os.strerror(code), str(path))
+    monkeypatch.setattr("pipeline.format.np.save", failing_save)
+    proc = run_cli("--source", small_batches, "--out", tmp_path / "out")
+    assert_one_sentence_error(proc, fragment)
+    assert not (tmp_path / "out").exists() and _leftovers(tmp_path, "out") == []
+
+
+def test_an_unreadable_source_file_is_a_sentence(tmp_path, small_batches, monkeypatch):
+    real = Path.read_bytes
+
+    def read_bytes(self):
+        if self.name == "data_batch_3":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    assert_one_sentence_error(run_cli("--source", small_batches, "--out", tmp_path / "out"),
+                              "permission denied", "data_batch_3")
+
+
+def _zip_tree(tree: Path, path: Path) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for p in sorted(tree.rglob("*.png")):
+            zf.write(p, str(p.relative_to(tree)))
+    return path
+
+
+@pytest.mark.parametrize("case,fragment", [("encrypted", "encrypted"), ("method", "compression")])
+def test_encrypted_or_unsupported_zips_are_a_sentence(tmp_path, case, fragment):
+    import struct
+    archive = _zip_tree(make_image_tree(tmp_path / "tree"), tmp_path / "tree.zip")
+    raw = bytearray(archive.read_bytes())
+    for sig, flag_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+        i = raw.find(sig)
+        while i >= 0:
+            if case == "encrypted":
+                raw[i + flag_at:i + flag_at + 2] = struct.pack("<H", 1)
+            else:
+                raw[i + method_at:i + method_at + 2] = struct.pack("<H", 99)     # AES, which zipfile lacks
+            i = raw.find(sig, i + 4)
+    archive.write_bytes(bytes(raw))
+    assert_one_sentence_error(run_cli("--source", archive, "--out", tmp_path / "out"), str(archive), fragment)
