@@ -374,12 +374,10 @@ def write_json(obj, path: Path) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
-RUN_FILES = {"config.json", "metrics.json", "history.png", "checkpoint.pt", "tb"}   # what a run folder holds
-
-
 def run_folder_state(out: Path) -> str:
-    """"absent", "empty", "run" (a run folder of train.py's: it may be continued or restarted) or "foreign"
-    (anything else: never written into)."""
+    """"absent", "empty", "run" (a run folder of train.py's, with its config.json or checkpoint: it may be
+    continued or restarted, and only the run's own files in it are ever written) or "foreign" (anything else:
+    never written into)."""
     if not out.exists():
         return "absent"
     if not out.is_dir():
@@ -392,11 +390,7 @@ def run_folder_state(out: Path) -> str:
     except (OSError, ValueError):
         config = None
     ours = isinstance(config, dict) and "args" in config and "policy" in config
-    if not ours and "checkpoint.pt" not in names:
-        return "foreign"
-    strays = [n for n in names if n not in RUN_FILES and not n.startswith(".")
-              and not (n.startswith("samples-epoch") and n.endswith(".json"))]
-    return "foreign" if strays else "run"
+    return "run" if ours or "checkpoint.pt" in names else "foreign"
 
 
 def check_run_folder(args) -> bool:
@@ -580,13 +574,15 @@ def _train(args, dist, out, ckpt_path, train_loader, test_loader, net, compiled,
             tb.flush()
             extra = {} if ema is None else {"trained_model": net.state_dict(),
                                             "ema_updates": int(ema.n_averaged.item())}
-            save_epoch({"model": tested.state_dict(), "arch": args.arch, "widths": list(net.widths),
+            save_checkpoint({"model": tested.state_dict(), "arch": args.arch, "widths": list(net.widths),
                          "layout": layout(net), "activation": activation(net), **extra,
                          "num_classes": len(meta["classes"]),
                          "optimizer": training.optimizer_state(opt), "scheduler": training.scheduler_state(sched),
                          "scaler": step.scaler.state_dict(), "rng": rng_state(), "epoch": epoch + 1,
                          "metrics": metrics, "config": config}, ckpt_path, out, metrics)
-            saved = epoch + 1
+            saved = epoch + 1       # the checkpoint is what --resume continues; the files below follow from it
+            write_json(metrics, out / "metrics.json")
+            plot_history(metrics, out / "history.png")
     except KeyboardInterrupt:
         raise KeyboardInterrupt(interrupted_sentence(out, saved)) from None
     finally:
@@ -597,28 +593,27 @@ def _train(args, dist, out, ckpt_path, train_loader, test_loader, net, compiled,
     return {"metrics": metrics, "out": str(out)}
 
 
-def save_epoch(state: dict, ckpt_path: Path, out: Path, metrics: list[dict]) -> None:
-    """The epoch's checkpoint, then metrics.json and history.png (made again from the checkpoint on --resume if
-    a kill falls between). A disk that fills up loses only this epoch, and the sentence says so."""
+def save_checkpoint(state: dict, ckpt_path: Path, out: Path, metrics: list[dict]) -> None:
+    """The epoch's checkpoint (metrics.json and history.png follow it, and are made again from it on --resume if a
+    kill falls between). A disk that fills up loses only this epoch, and the sentence says so."""
     try:
         save_atomic(state, ckpt_path)
     except OSError as e:
         kept = metrics[-2]["epoch"] if len(metrics) > 1 else 0
-        raise RunError(f"could not save the checkpoint of epoch {metrics[-1]['epoch']} ({os_error_sentence(e)}) "
+        reason = os_error_sentence(e).rstrip(".")
+        raise RunError(f"could not save the checkpoint of epoch {metrics[-1]['epoch']}: {reason}; "
                        f"{out} still holds " + (f"epoch {kept}'s: continue it with the same command and --resume "
                                                 f"once there is room." if kept else
                                                 "no checkpoint: run the same command again once there is room.")
                        ) from None
-    write_json(metrics, out / "metrics.json")
-    plot_history(metrics, out / "history.png")
 
 
 def interrupted_sentence(out: Path, done: int) -> str:
     if done:
         return (f"interrupted: {out} holds the checkpoint of epoch {done}; continue with the same command "
                 f"and --resume.")
-    return (f"interrupted during epoch 1, before its checkpoint: nothing to continue; run the same command again "
-            f"to start over.")
+    return ("interrupted during epoch 1, before its checkpoint: nothing to continue; run the same command again "
+            "to start over.")
 
 
 def main(argv=None) -> int:

@@ -1,13 +1,11 @@
 """bench.compare: two seed reports, the difference of their means with its uncertainty, and the goal."""
 import json
-import subprocess
-import sys
 
 import pytest
 from scipy import stats
 
 from bench.compare import paired, welch
-from conftest import ROOT
+from conftest import run_in_process
 
 
 def report(path, accs, device="cpu"):
@@ -18,8 +16,8 @@ def report(path, accs, device="cpu"):
 
 
 def compare_cli(*args):
-    return subprocess.run([sys.executable, "-m", "bench.compare", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    from bench.compare import main
+    return run_in_process(main, *args)
 
 
 def test_welch_and_paired_intervals_agree_with_scipy():

@@ -1,5 +1,4 @@
 """The `ffcv` engine (CPU here): .beton caching, registry contract, both modes, parity."""
-import subprocess
 import sys
 
 import numpy as np
@@ -47,8 +46,9 @@ def test_missing_ffcv_is_a_sentence(mini_dir, monkeypatch):
 
 @needs_ffcv
 def test_beton_is_written_atomically_once_and_rebuilt_for_new_arrays(ffcv_dir, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "pipeline.convert", "--source", str(ffcv_dir.parent / "x"),
-                           "--out", ffcv_dir, "--beton"], cwd=ROOT, capture_output=True, text=True)
+    from conftest import run_in_process
+    from pipeline.convert import main
+    proc = run_in_process(main, "--source", ffcv_dir.parent / "x", "--out", ffcv_dir, "--beton")
     assert proc.returncode == 2 and "does not exist" in proc.stderr      # bad source: nothing written
     from pipeline.engines.ffcv import beton_path, ensure_beton
     path = ensure_beton(ffcv_dir, "train")

@@ -1,12 +1,11 @@
 """The model contract, for both archs."""
-import subprocess
-import sys
 
 import pytest
 import torch
 from torch import nn
 
-from conftest import ROOT
+from conftest import run_in_process
+from model.__main__ import main as layer_table_main
 from model import ARCHS, build_model, conv_layers, count_parameters, receptive_field
 
 
@@ -79,8 +78,7 @@ def test_receptive_field_matches_a_measurement(net):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_layer_table_cli(arch):
-    proc = subprocess.run([sys.executable, "-m", "model", "--arch", arch], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    proc = run_in_process(layer_table_main, "--arch", arch)
     assert proc.returncode == 0, proc.stderr
     net = build_model(arch)
     lines = proc.stdout.splitlines()
@@ -92,14 +90,12 @@ def test_layer_table_cli(arch):
 
 
 def test_layer_table_cli_with_other_widths():
-    proc = subprocess.run([sys.executable, "-m", "model", "--arch", "dilated", "--widths", "48", "96", "128", "192"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = run_in_process(layer_table_main, "--arch", "dilated", "--widths", "48", "96", "128", "192")
     assert proc.returncode == 0, proc.stderr
     net = build_model("dilated", widths=(48, 96, 128, 192))
     assert net.widths == (48, 96, 128, 192) and count_parameters(net) != count_parameters(build_model("dilated"))
     assert f"(widths 48 96 128 192): {count_parameters(net):,} parameters" in proc.stdout.splitlines()[-1]
-    bad = subprocess.run([sys.executable, "-m", "model", "--widths", "8", "8", "8", "0"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    bad = run_in_process(layer_table_main, "--widths", "8", "8", "8", "0")
     assert bad.returncode == 2 and "four positive channel counts" in bad.stderr and "Traceback" not in bad.stderr
 
 

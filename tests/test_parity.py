@@ -1,12 +1,10 @@
 """The parity harness itself: it passes the reference against itself, and catches wrong engines."""
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import pipeline
-from conftest import ROOT
+from conftest import run_in_process
 from pipeline.format import load_split
 from pipeline.parity import replay_parity
 from pipeline.policy import AugmentPolicy
@@ -34,14 +32,12 @@ def test_the_harness_catches_a_wrong_engine(images_policy, monkeypatch, broken, 
 
 
 def test_cli_reports_and_draws(mini_dir, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "pipeline.parity", "--loader", "gpu", "--data-dir", mini_dir,
-                           "--out", tmp_path, "--images", "500"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+    from pipeline.parity import main
+    proc = run_in_process(main, "--loader", "gpu", "--data-dir", mini_dir, "--out", tmp_path, "--images", "500")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "PASS  ShiftScaleRotate" in proc.stdout and proc.stdout.strip().endswith("PASS")
     assert (tmp_path / "parity-gpu.png").stat().st_size > 20_000
-    bad = subprocess.run([sys.executable, "-m", "pipeline.parity", "--loader", "nope", "--data-dir", mini_dir],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    bad = run_in_process(main, "--loader", "nope", "--data-dir", mini_dir)
     assert bad.returncode == 2 and "unknown loader" in bad.stderr and "Traceback" not in bad.stderr
 
 

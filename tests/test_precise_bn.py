@@ -1,13 +1,11 @@
 """bench.precise_bn: BatchNorm statistics recomputed over training images, weights untouched."""
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from bench.precise_bn import recompute_bn
-from conftest import ROOT
+from conftest import ROOT, run_in_process
 
 
 def test_recomputed_statistics_are_the_plain_mean_over_the_images_and_nothing_else_changes():
@@ -28,8 +26,8 @@ def test_recomputed_statistics_are_the_plain_mean_over_the_images_and_nothing_el
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "bench.precise_bn", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    from bench.precise_bn import main
+    return run_in_process(main, *args)
 
 
 def test_released_weights_report_three_accuracies(mini_dir, tmp_path, capsys):

@@ -1,10 +1,8 @@
-import subprocess
-import sys
 
 import pytest
 
 import pipeline
-from conftest import ROOT
+from conftest import run_in_process
 from pipeline import LoaderUnavailable, available_loaders, build_loader
 from pipeline.format import DataError
 
@@ -45,12 +43,11 @@ def test_cuda_without_a_gpu_is_a_sentence(mini_dir):
 
 def test_show_writes_a_grid(mini_dir, tmp_path):
     out = tmp_path / "grid.png"
-    proc = subprocess.run([sys.executable, "-m", "pipeline.show", "--loader", "torch", "--data-dir", mini_dir,
-                           "--out", out, "--count", "8"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    from pipeline.show import main
+    proc = run_in_process(main, "--loader", "torch", "--data-dir", mini_dir, "--out", out, "--count", "8")
     assert proc.returncode == 0, proc.stderr
     from PIL import Image
     w, h = Image.open(out).size
     assert w > 300 and h > 100
-    bad = subprocess.run([sys.executable, "-m", "pipeline.show", "--data-dir", tmp_path / "none", "--out", out],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    bad = run_in_process(main, "--data-dir", tmp_path / "none", "--out", out)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "pipeline.convert" in bad.stderr

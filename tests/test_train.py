@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, needs_mini
+from conftest import ROOT, needs_mini, run_in_process
 from pipeline import available_loaders
 
 
@@ -20,6 +20,16 @@ def train_cmd(*args):
 
 
 def run(cmd, timeout=600):
+    """A command line of train.py, model.evaluate or model.release runs in this process (the same exit code and
+    output; no interpreter start and torch import per call); anything else (torchrun) in a subprocess."""
+    import model.evaluate
+    import model.release
+    import train
+    mains = {("train.py",): train.main, ("-m", "model.evaluate"): model.evaluate.main,
+             ("-m", "model.release"): model.release.main}
+    for head, main in mains.items():
+        if tuple(map(str, cmd[1:1 + len(head)])) == head:
+            return run_in_process(main, *cmd[1 + len(head):])
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
@@ -222,7 +232,8 @@ def test_unavailable_loader_says_how_to_install(mini_dir, tmp_path, monkeypatch,
     assert "needs surely_missing_mod" in err and "pip install" in err
 
 
-def test_evaluate_reports_and_refuses_bad_checkpoints(mini_dir, tmp_path):
+def test_evaluate_reports_and_refuses_bad_checkpoints(mini_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)         # released weights' pictures go to runs/evaluate/ below the working folder
     out = tmp_path / "run"
     assert run(train_cmd("--data-dir", mini_dir, "--epochs", 1, "--out", out)).returncode == 0
     ev = run([sys.executable, "-m", "model.evaluate", "--checkpoint", out / "checkpoint.pt", "--data-dir", mini_dir])
@@ -238,8 +249,12 @@ def test_evaluate_reports_and_refuses_bad_checkpoints(mini_dir, tmp_path):
     assert "optimizer" not in torch.load(released, weights_only=True)
     card = json.loads(released.with_suffix(".json").read_text())
     assert card["test_acc"] == acc and card["parameters"] < 200_000
+    (released.parent / "c1c2c3c4-cifar10-confusion.png").write_bytes(b"the committed picture")
     ev2 = run([sys.executable, "-m", "model.evaluate", "--checkpoint", released, "--data-dir", mini_dir])
     assert f"test accuracy: {100 * acc:.2f}%" in ev2.stdout      # released weights reproduce the figure
+    # ...without overwriting the pictures committed beside them: those of released weights go elsewhere
+    assert (released.parent / "c1c2c3c4-cifar10-confusion.png").read_bytes() == b"the committed picture"
+    assert (tmp_path / "runs" / "evaluate" / "c1c2c3c4-cifar10" / "c1c2c3c4-cifar10-confusion.png").exists()
 
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes((out / "checkpoint.pt").read_bytes()[:5000])
@@ -369,3 +384,145 @@ def test_whiten_trains_with_a_frozen_whitened_first_convolution_and_resumes(tiny
     after = _weights(out / "checkpoint.pt")
     assert torch.equal(after["c1.0.0.weight"], first)     # frozen through the resumed epoch as well
     assert not torch.equal(after["c1.0.1.weight"], torch.ones(32))   # its BatchNorm trains
+
+
+# --------------------------------------------------------------------------------------------
+# interrupts, kills and failures keep the run's promise
+# --------------------------------------------------------------------------------------------
+
+def _interrupt_epoch(monkeypatch, which: int, exc=KeyboardInterrupt):
+    """Make train_one_epoch raise ``exc`` in its ``which``-th call (1-based), as Ctrl-C in that epoch would."""
+    import train
+    real, calls = train.train_one_epoch, []
+
+    def epoch(*a, **k):
+        calls.append(1)
+        if len(calls) == which:
+            raise exc()
+        return real(*a, **k)
+    monkeypatch.setattr(train, "train_one_epoch", epoch)
+
+
+def test_ctrl_c_in_the_first_epoch_names_a_command_that_works(tiny_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    args = ("--data-dir", tiny_dir, "--epochs", 1, "--out", out)
+    with monkeypatch.context() as m:
+        _interrupt_epoch(m, 1)
+        stopped = run(train_cmd(*args))
+    assert stopped.returncode == 130 and "Traceback" not in stopped.stderr
+    assert "run the same command again" in stopped.stderr and "--resume" not in stopped.stderr
+    again = run(train_cmd(*args))                   # the command the sentence names
+    assert again.returncode == 0, again.stderr[-2000:]
+    # a run killed in its first epoch (no sentence printed) continues with --resume too: it starts over
+    with monkeypatch.context() as m:
+        _interrupt_epoch(m, 1)
+        assert run(train_cmd(*args[:-1], tmp_path / "killed")).returncode == 130
+    resumed = run(train_cmd(*args[:-1], tmp_path / "killed", "--resume"))
+    assert resumed.returncode == 0 and "starting it from the beginning" in resumed.stdout, resumed.stderr[-2000:]
+
+
+def test_ctrl_c_after_an_epoch_resumes_with_the_command_it_names(tiny_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    args = ("--data-dir", tiny_dir, "--epochs", 2, "--out", out)
+    with monkeypatch.context() as m:
+        _interrupt_epoch(m, 2)
+        stopped = run(train_cmd(*args))
+    assert stopped.returncode == 130 and "checkpoint of epoch 1" in stopped.stderr and "--resume" in stopped.stderr
+    resumed = run(train_cmd(*args, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [m["epoch"] for m in json.loads((out / "metrics.json").read_text())] == [1, 2]
+
+
+def test_a_kill_between_the_checkpoint_and_the_plot_is_repaired_by_resume(tiny_dir, tmp_path, monkeypatch):
+    import train
+    out = tmp_path / "run"
+    args = ("--data-dir", tiny_dir, "--epochs", 1, "--out", out)
+    real = train.write_json
+
+    def killed(obj, path):
+        if path.name == "metrics.json":
+            raise KeyboardInterrupt          # stands for SIGKILL: nothing after the checkpoint is written
+        real(obj, path)
+    with monkeypatch.context() as m:
+        m.setattr(train, "write_json", killed)
+        stopped = run(train_cmd(*args))
+    assert stopped.returncode == 130 and "checkpoint of epoch 1" in stopped.stderr
+    assert (out / "checkpoint.pt").exists() and not (out / "metrics.json").exists()
+    assert not (out / "history.png").exists()
+    resumed = run(train_cmd(*args, "--resume"))      # nothing left to train, but the run's files are made again
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [m["epoch"] for m in json.loads((out / "metrics.json").read_text())] == [1]
+    assert (out / "history.png").stat().st_size > 10_000
+
+
+def test_released_weights_copied_in_as_a_checkpoint_are_refused_by_resume(tiny_dir, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes((ROOT / "weights" / "c1c2c3c4-cifar10.pt").read_bytes())
+    proc = run(train_cmd("--data-dir", tiny_dir, "--epochs", 2, "--out", out, "--resume"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "without the training state" in proc.stderr and "another --out" in proc.stderr
+
+
+def test_a_full_disk_while_saving_says_which_epoch_is_kept(tiny_dir, tmp_path, monkeypatch):
+    import errno
+
+    import train
+    out = tmp_path / "run"
+    args = ("--data-dir", tiny_dir, "--epochs", 2, "--out", out)
+    real, calls = train.save_atomic, []
+
+    def full(obj, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(obj, path)
+    with monkeypatch.context() as m:
+        m.setattr(train, "save_atomic", full)
+        proc = run(train_cmd(*args))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    err = proc.stderr.strip().splitlines()[-1]
+    assert "could not save the checkpoint of epoch 2" in err and "no space left" in err and "epoch 1's" in err
+    resumed = run(train_cmd(*args, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+def test_an_out_folder_that_is_not_a_run_is_never_written_into(tiny_dir, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.json").write_text('{"my": "settings"}')
+    (out / "notes.txt").write_text("keep")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for extra in ((), ("--resume",)):
+        proc = run(train_cmd("--data-dir", tiny_dir, "--epochs", 1, "--out", out, *extra))
+        assert proc.returncode == 2 and "not a run folder" in proc.stderr and "Traceback" not in proc.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    (tmp_path / "afile").write_text("x")
+    blocked = run(train_cmd("--data-dir", tiny_dir, "--epochs", 1, "--out", tmp_path / "afile" / "run"))
+    assert blocked.returncode == 2 and "Traceback" not in blocked.stderr, blocked.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the sentence for a machine without a GPU")
+def test_cuda_on_a_machine_without_one_is_a_sentence_in_every_command(tiny_dir, tmp_path):
+    import model.evaluate
+    import pipeline.parity
+    import pipeline.show
+    weights = ROOT / "weights" / "c1c2c3c4-cifar10.pt"
+    for main, args in ((None, train_cmd("--data-dir", tiny_dir, "--device", "cuda", "--out", tmp_path / "r")),
+                       (model.evaluate.main, ["--checkpoint", weights, "--data-dir", tiny_dir, "--device", "cuda"]),
+                       (pipeline.parity.main, ["--loader", "gpu", "--data-dir", tiny_dir, "--device", "cuda"]),
+                       (pipeline.show.main, ["--loader", "gpu", "--data-dir", tiny_dir, "--device", "cuda",
+                                             "--out", tmp_path / "g.png"])):
+        proc = run(args) if main is None else run_in_process(main, *args)
+        assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_an_incomplete_meta_json_is_a_sentence_for_train(tiny_dir, tmp_path):
+    import shutil
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dir, data)
+    meta = json.loads((data / "meta.json").read_text())
+    del meta["mean"]
+    (data / "meta.json").write_text(json.dumps(meta))
+    proc = run(train_cmd("--data-dir", data, "--epochs", 1, "--out", tmp_path / "r"))
+    assert proc.returncode == 2 and "lacks the field 'mean'" in proc.stderr and "Traceback" not in proc.stderr
