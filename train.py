@@ -22,10 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model import (ACTIVATIONS, ARCHS, DEFAULT_ACTIVATION, PARAMETER_BUDGET, WIDTHS, activation, build_model,
-                   count_parameters, layout, receptive_field, whiten_first_conv)
-from model import training
-from model.checkpoint import (CheckpointError, checkpoint_activation, load, model_from_checkpoint, require_resumable,
+from model import (ACTIVATIONS, ARCHS, DEFAULT_ACTIVATION, PARAMETER_BUDGET, WIDTHS, build_model, count_parameters,
+                   layout, whiten_first_conv)
+from model import custom, training
+from model.checkpoint import (CUSTOM, CheckpointError, checkpoint_activation, load, model_from_checkpoint, require_resumable,
                               save_atomic, write_atomic, write_text_atomic)
 from model.training import AMP_CHOICES, GraphStepper, Stepper, graph_problem, precision
 from pipeline import build_loader, known_loaders
@@ -42,7 +42,7 @@ class RunError(Exception):
 WHITEN_IMAGES = 5000        # --whiten's sample of the training images (airbench takes 5,000 too)
 # what a run from before an option existed trained with (its config lacks the option): --resume and
 # bench.seeds compare saved runs with these
-BEFORE_OPTION = {"ema": 0.0, "whiten": False, "activation": "relu"}
+BEFORE_OPTION = {"ema": 0.0, "whiten": False, "activation": "relu", "model": None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,7 +106,14 @@ def parse_args(argv=None):
     ap.add_argument("--ema", type=fraction, default=0.0, metavar="DECAY",
                     help="keep an exponential moving average of the weights (and BatchNorm statistics) with this "
                          "decay per step, e.g. 0.999, and test and save it instead of the last weights; 0 = off")
-    ap.add_argument("--arch", choices=ARCHS, default="c1c2c3c4")
+    ap.add_argument("--arch", choices=ARCHS, default="c1c2c3c4", help="the built-in net (see --model for your own)")
+    ap.add_argument("--model", default=None, metavar="FILE.py:NAME",
+                    help="train your own model instead of --arch: a Python file (or an importable module) and the "
+                         "nn.Module class or factory in it, e.g. my_net.py:Net; called with num_classes=10 where it "
+                         "takes it. Checkpoints record the spec and the file's sha256")
+    ap.add_argument("--max-params", type=positive_int, default=None, metavar="N",
+                    help="refuse a model with N parameters or more (default: 200,000 for the built-in archs, no "
+                         "limit for --model); every run prints and records its count and receptive field")
     ap.add_argument("--widths", type=positive_int, nargs=4, metavar=("C1", "C2", "C3", "C4"),
                     help="channels of C1's output and of C2, C3, C4 (default: the arch's own, c1c2c3c4 "
                          f"{' '.join(map(str, WIDTHS['c1c2c3c4']))}, dilated {' '.join(map(str, WIDTHS['dilated']))}); "
@@ -142,15 +149,20 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if args.workers is not None and args.workers < 0:
         ap.error("--workers must be >= 0")
-    if args.widths is not None:
+    if args.model is not None:
+        if args.widths is not None or args.activation != DEFAULT_ACTIVATION:
+            ap.error("--widths and --activation shape the built-in nets; a model brought with --model sets its own")
+        args.arch = CUSTOM
+    elif args.widths is not None:
         n = count_parameters(build_model(args.arch, widths=args.widths))
-        if n >= PARAMETER_BUDGET:
+        budget = args.max_params or PARAMETER_BUDGET
+        if n >= budget:
             ap.error(f"--widths {' '.join(map(str, args.widths))} gives the {args.arch} model {n:,} parameters; "
-                     f"it must stay under {PARAMETER_BUDGET:,}: narrow a stage")
+                     f"it must stay under {budget:,}: narrow a stage")
     if "whiten" not in vars(args):
         args.whiten = args.arch == "c1c2c3c4"
     if args.out is None:
-        args.out = f"runs/{args.loader}-{args.arch}"
+        args.out = f"runs/{args.loader}-{args.arch if args.model is None else args.model.rsplit(':', 1)[-1]}"
     return args
 
 
@@ -234,6 +246,29 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
+
+
+def make_net(args, num_classes: int):
+    """(the net, its ModelSpec or None): --model's own, or the built-in arch; refused (RunError) over the budget."""
+    spec = None
+    if args.model:
+        try:
+            net, spec = custom.build(args.model, num_classes)
+        except custom.ModelSpecError as e:
+            raise RunError(str(e)) from None
+    else:
+        net = build_model(args.arch, num_classes, args.widths, args.activation)
+    budget = args.max_params or (None if args.model else PARAMETER_BUDGET)
+    n = count_parameters(net)
+    if budget is not None and n >= budget:
+        raise RunError(f"{args.model or args.arch} has {n:,} parameters; --max-params allows fewer than {budget:,}: "
+                       f"make it smaller, or raise --max-params.")
+    return net, spec
+
+
+def config_widths(net):
+    widths = getattr(net, "widths", None)
+    return list(widths) if widths is not None else None
 
 
 def make_optimizer(net, args, device=None):
@@ -455,7 +490,9 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path, resume: bool) -> dict:
     test_loader = build_loader(args.loader, args.data_dir, "test", 500, device=device, augment=False,
                                seed=args.seed, policy=policy, **options)
 
-    net = build_model(args.arch, len(meta["classes"]), args.widths, args.activation).to(device)
+    net, spec = make_net(args, len(meta["classes"]))
+    facts = custom.facts(net)
+    net = net.to(device)
     if args.whiten:     # computed on the CPU, so every device gets the same filters; a resumed run's are saved
         whiten_first_conv(net, None if resume else whitening_images(args.data_dir, policy))
     if args.channels_last:
@@ -470,8 +507,8 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path, resume: bool) -> dict:
         require_resumable(ckpt, ckpt_path)
         # the activation as model_from_checkpoint builds it: runs from before --activation have none in their args
         saved = {**ckpt["config"]["args"], "activation": checkpoint_activation(ckpt)}
-        for key in ("arch", "widths", "activation", "loader", "batch_size", "epochs", "schedule", "seed", "lr", "ema",
-                    "whiten"):
+        shape = ("model",) if args.model else ("widths", "activation")
+        for key in ("arch", *shape, "loader", "batch_size", "epochs", "schedule", "seed", "lr", "ema", "whiten"):
             before = saved.get(key, BEFORE_OPTION.get(key))
             if before != getattr(args, key):
                 flag = f"--{key.replace('_', '-')}"
@@ -510,9 +547,12 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path, resume: bool) -> dict:
         out.mkdir(parents=True, exist_ok=True)
     config = {"args": vars(args), "policy": policy.to_dict(), "data": {k: meta[k] for k in
               ("classes", "counts", "mean", "std", "source")}, "precision": amp_note, "device": str(device),
-              "parameters": count_parameters(net), "receptive_field": receptive_field(net),
+              "parameters": facts["parameters"], "receptive_field": facts["receptive_field"],
+              "receptive_field_clipped": facts["receptive_field_clipped"],
+              "model_spec": spec.to_dict() if spec else None,
               "torch": str(torch.__version__), "world_size": dist.world,
               "threads": torch.get_num_threads() if device.type == "cpu" else None}
+    config["activation"] = facts["activation"]
     if not dist.main:
         return _train(args, dist, out, ckpt_path, train_loader, test_loader, net, compiled, opt, sched,
                       per_batch, step, amp_dtype, metrics, start_epoch, config, meta, tb=None, ema=ema)
@@ -521,12 +561,14 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path, resume: bool) -> dict:
         write_json(metrics, out / "metrics.json")
         plot_history(metrics, out / "history.png")
     variant = " (widths " + " ".join(map(str, net.widths)) + ")" if args.widths else ""
+    name = args.arch if spec is None else spec.text
     if args.activation != DEFAULT_ACTIVATION:
         variant += f" ({args.activation})"
     if args.whiten:
         variant += " (first convolution whitened, frozen)"
-    print(f"{args.arch}{variant}: {count_parameters(net):,} parameters, "
-          f"receptive field {receptive_field(net)}; "
+    rf = f"{'at least ' if facts['receptive_field_clipped'] else ''}{facts['receptive_field']}"
+    print(f"{name}{variant}: {facts['parameters']:,} parameters, "
+          f"receptive field {rf}; "
           f"loader {args.loader}, {len(train_loader)} batches of {args.batch_size}; device {device}"
           f"{f' ({threads(torch.get_num_threads())})' if device.type == 'cpu' else ''}; "
           f"{amp_note}; {'channels-last' if args.channels_last else 'contiguous'}"
@@ -574,8 +616,9 @@ def _train(args, dist, out, ckpt_path, train_loader, test_loader, net, compiled,
             tb.flush()
             extra = {} if ema is None else {"trained_model": net.state_dict(),
                                             "ema_updates": int(ema.n_averaged.item())}
-            save_checkpoint({"model": tested.state_dict(), "arch": args.arch, "widths": list(net.widths),
-                         "layout": layout(net), "activation": activation(net), **extra,
+            save_checkpoint({"model": tested.state_dict(), "arch": args.arch, "widths": config_widths(net),
+                         "layout": layout(net), "activation": config["activation"], **extra,
+                         **({"model_spec": config["model_spec"]} if config["model_spec"] else {}),
                          "num_classes": len(meta["classes"]),
                          "optimizer": training.optimizer_state(opt), "scheduler": training.scheduler_state(sched),
                          "scaler": step.scaler.state_dict(), "rng": rng_state(), "epoch": epoch + 1,

@@ -80,8 +80,14 @@ def checkpoint_activation(ckpt: dict) -> str:
     return ckpt.get("activation", "relu")
 
 
+CUSTOM = "custom"       # the arch of a model brought with --model (model/custom.py); its checkpoint holds model_spec
+
+
 def model_from_checkpoint(ckpt: dict, path="checkpoint", arch: str | None = None) -> torch.nn.Module:
-    """The model a checkpoint holds; ``arch`` (if given) must be the checkpoint's."""
+    """The model a checkpoint holds; ``arch`` (if given) must be the checkpoint's. A model brought with --model is
+    rebuilt through the spec it was trained with, refused if its file changed since."""
+    if ckpt["arch"] == CUSTOM:
+        return _custom_from_checkpoint(ckpt, path, arch)
     if ckpt["arch"] not in ARCHS:
         raise CheckpointError(f"{path} holds an unknown arch {ckpt['arch']!r}.")
     if arch is not None and arch != ckpt["arch"]:
@@ -101,9 +107,35 @@ def model_from_checkpoint(ckpt: dict, path="checkpoint", arch: str | None = None
     except RuntimeError as e:
         raise CheckpointError(f"{path} does not fit the {ckpt['arch']!r} model of this version "
                               f"({str(e).splitlines()[0][:160]}).") from None
+    _check_layout(ckpt, net, path)
+    return net
+
+
+def _custom_from_checkpoint(ckpt: dict, path, arch) -> torch.nn.Module:
+    from model.custom import ModelSpecError, rebuild
+    record = ckpt.get("model_spec")
+    if not isinstance(record, dict) or "spec" not in record:
+        raise CheckpointError(f"{path} holds a model brought with --model, but not the spec it was built from.")
+    if arch is not None and arch != CUSTOM:
+        raise CheckpointError(f"{path} holds the model {record['spec']}, not the built-in {arch!r}: pass "
+                              f"--model {record['spec']}.")
+    try:
+        net = rebuild(record, ckpt.get("num_classes", 10), path)
+    except ModelSpecError as e:
+        raise CheckpointError(str(e)) from None
+    state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in ckpt["model"].items()}
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not fit {record['spec']} as it is now "
+                              f"({str(e).splitlines()[0][:160]}).") from None
+    _check_layout(ckpt, net, path)
+    return net
+
+
+def _check_layout(ckpt: dict, net, path) -> None:
     # shapes first (another arch), then the layout (the same shapes, strides or dilations moved)
     saved = ckpt.get("layout")
     if saved is not None and [list(x) for x in saved] != layout(net):
         raise CheckpointError(f"{path} was trained with another layout of the {ckpt['arch']!r} model (strides or "
                               f"dilations differ from what this version builds): use the version that wrote it.")
-    return net

@@ -14,22 +14,24 @@ import sys
 from pathlib import Path
 
 from model.checkpoint import CheckpointError, load, model_from_checkpoint, save_atomic, write_text_atomic
-from model.net import activation, count_parameters, layout, receptive_field
+from model import custom
+from model.net import layout
 
 
 def release(checkpoint, out) -> dict:
     ckpt = load(checkpoint)
     net = model_from_checkpoint(ckpt, checkpoint)
     final = ckpt["metrics"][-1] if ckpt.get("metrics") else {}
-    card = {"arch": ckpt["arch"], "widths": list(net.widths), "activation": activation(net),
-            "parameters": count_parameters(net),
-            "receptive_field": receptive_field(net), "epochs": ckpt.get("epoch"), "test_acc": final.get("test_acc"),
+    facts = custom.facts(net)
+    card = {"arch": ckpt["arch"], "widths": facts["widths"], "activation": facts["activation"],
+            "parameters": facts["parameters"], "model_spec": ckpt.get("model_spec"),
+            "receptive_field": facts["receptive_field"], "epochs": ckpt.get("epoch"), "test_acc": final.get("test_acc"),
             "metrics": ckpt.get("metrics", []), "config": ckpt.get("config", {})}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_atomic({"model": {k: v.clone() for k, v in net.state_dict().items()}, "arch": ckpt["arch"],
-                 "widths": list(net.widths),
-                 "layout": layout(net), "activation": activation(net), "num_classes": ckpt.get("num_classes", 10),
+                 "widths": facts["widths"], **({"model_spec": ckpt["model_spec"]} if "model_spec" in ckpt else {}),
+                 "layout": layout(net), "activation": facts["activation"], "num_classes": ckpt.get("num_classes", 10),
                  "epoch": ckpt.get("epoch"), "metrics": ckpt.get("metrics", []),
                  "config": ckpt.get("config", {})}, out)
     write_text_atomic(out.with_suffix(".json"), json.dumps(card, indent=2) + "\n")
