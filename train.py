@@ -16,6 +16,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -77,75 +78,112 @@ def fraction(text):
     return v
 
 
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default where it has one (not "None" or an off switch), keeps the epilog's lines."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" in text or default is None or default is False or default is argparse.SUPPRESS
+                or not action.option_strings
+                or isinstance(action, argparse._HelpAction)):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    """For fit(): a bad option is a ValueError with the sentence, not SystemExit."""
+
+    def error(self, message):
+        raise ValueError(message)
+
+
+EXAMPLES = """examples:
+  python train.py --data-dir data/cifar10                              the default recipe, 30 epochs
+  python train.py --source download --data-dir data/cifar10            convert first (needs network)
+  python train.py --model my_net.py:Net --data-dir data/cifar10        your own model
+  python train.py --loader torch --epochs 2 --out runs/quick           the albumentations reference loader
+  python train.py --out runs/quick --resume                            continue a stopped run
+  torchrun --standalone --nproc_per_node 8 train.py --loader dali       eight GPUs
+
+A run writes config.json (arguments, policy, data, model facts), metrics.json, history.png, TensorBoard
+scalars (tb/) and checkpoint.pt into --out after every epoch; python -m model.evaluate --checkpoint
+OUT/checkpoint.pt scores it. Measured results: README.md and bench/results/."""
+
+
+def parse_args(argv=None, parser_class=argparse.ArgumentParser):
+    ap = parser_class(
         prog="python train.py",
-        description="Train the C1-C2-C3-C4-Output CNN on converted CIFAR-10 with one of the loader engines "
-                    "(all share one augmentation policy). Writes metrics.json, config.json, history.png, "
-                    "TensorBoard scalars and a checkpoint per epoch into --out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--loader", default="gpu", choices=list(known_loaders()),
-                    help="data engine (gpu: batched torch ops on a device-resident dataset, the fastest here; "
-                         "torch: the albumentations reference); pipeline.available_loaders() lists those installed")
-    ap.add_argument("--data-dir", default="data/cifar10", help="converted data (python -m pipeline.convert)")
-    ap.add_argument("--source", default=None,
-                    help="if --data-dir holds no converted data, convert this source into it first "
-                         "('download', a cifar-10-batches-py folder, the official tar.gz or an image-folder archive)")
-    ap.add_argument("--epochs", type=positive_int, default=30)
-    ap.add_argument("--batch-size", type=positive_int, default=128)
-    ap.add_argument("--lr", type=positive_float, default=0.1, help="peak learning rate (onecycle) or initial (step)")
-    ap.add_argument("--momentum", type=fraction, default=0.9)
-    ap.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True)
-    ap.add_argument("--weight-decay", type=non_negative_float, default=5e-4,
-                    help="on convolution and linear weights (not on BatchNorm or biases)")
-    ap.add_argument("--schedule", choices=["onecycle", "step"], default="onecycle")
-    ap.add_argument("--step-size", type=positive_int, default=8, help="StepLR: epochs between decays")
-    ap.add_argument("--gamma", type=positive_float, default=0.1, help="StepLR: decay factor")
-    ap.add_argument("--warmup", type=fraction, default=0.25, help="OneCycle: share of steps spent warming up")
-    ap.add_argument("--label-smoothing", type=fraction, default=0.1)
-    ap.add_argument("--ema", type=fraction, default=0.0, metavar="DECAY",
-                    help="keep an exponential moving average of the weights (and BatchNorm statistics) with this "
-                         "decay per step, e.g. 0.999, and test and save it instead of the last weights; 0 = off")
-    ap.add_argument("--arch", choices=ARCHS, default="c1c2c3c4", help="the built-in net (see --model for your own)")
-    ap.add_argument("--model", default=None, metavar="FILE.py:NAME",
-                    help="train your own model instead of --arch: a Python file (or an importable module) and the "
-                         "nn.Module class or factory in it, e.g. my_net.py:Net; called with num_classes=10 where it "
-                         "takes it. Checkpoints record the spec and the file's sha256")
-    ap.add_argument("--max-params", type=positive_int, default=None, metavar="N",
-                    help="refuse a model with N parameters or more (default: 200,000 for the built-in archs, no "
-                         "limit for --model); every run prints and records its count and receptive field")
-    ap.add_argument("--widths", type=positive_int, nargs=4, metavar=("C1", "C2", "C3", "C4"),
-                    help="channels of C1's output and of C2, C3, C4 (default: the arch's own, c1c2c3c4 "
-                         f"{' '.join(map(str, WIDTHS['c1c2c3c4']))}, dilated {' '.join(map(str, WIDTHS['dilated']))}); "
-                         f"the model must stay under {PARAMETER_BUDGET:,} parameters")
-    ap.add_argument("--activation", choices=list(ACTIVATIONS), default=DEFAULT_ACTIVATION,
-                    help="the nonlinearity of every layer (stored in the checkpoint)")
-    ap.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,  # per arch, below
-                    help="set C1's first convolution to a whitening of the 3x3 patches of "
-                         f"{WHITEN_IMAGES:,} training images taken evenly over the set (16 principal directions "
-                         "and their negatives) and freeze it, as airbench does; its parameters still count. "
-                         "Default: on for c1c2c3c4 (+0.32 points over eight H200 seeds), off for dilated (not "
-                         "measured with it)")
-    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    ap.add_argument("--amp", choices=list(AMP_CHOICES), default="auto",
-                    help="mixed precision: auto = bf16 on CUDA where supported (else fp16 with a GradScaler), "
-                         "bf16 on CPUs with native bf16 (avx512_bf16/AMX), fp32 on other CPUs; on = autocast "
-                         "even where slow; off = fp32; bf16 / fp16 = autocast to that type on any device "
-                         "(fp16 with a GradScaler)")
-    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
-    ap.add_argument("--compile", action="store_true", help="torch.compile the model (opt-in)")
-    ap.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=False,
-                    help="record the training step once per batch size as a CUDA graph and replay it: one launch "
-                         "per step instead of hundreds, which bound this small net on an H100 (CUDA, one process, "
-                         "bf16 or fp32, not with --compile; SGD then runs fused, with the learning rate as a GPU "
-                         "tensor, the same update)")
-    ap.add_argument("--workers", type=int, default=None,
-                    help="loader workers: torch DataLoader processes, FFCV threads, DALI threads (gpu: none)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=None, help="run folder (default runs/<loader>-<arch>)")
-    ap.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    ap.add_argument("--log-samples", action="store_true",
-                    help="write the sample indices each process trained on, per epoch (an audit of sharding)")
+        description="Train a CNN on converted CIFAR-10 with one of cifarflow's loader engines (all share one\n"
+                    "augmentation policy): the built-in C1-C2-C3-C4 net, or your own with --model.",
+        epilog=EXAMPLES, formatter_class=HelpFormatter)
+    data = ap.add_argument_group("data")
+    data.add_argument("--data-dir", default="data/cifar10", help="converted data (python -m pipeline.convert)")
+    data.add_argument("--source", default=None,
+                      help="if --data-dir holds no converted data, convert this source into it first "
+                           "('download', a cifar-10-batches-py folder, the official tar.gz or an image-folder archive)")
+    data.add_argument("--loader", default="gpu", choices=list(known_loaders()),
+                      help="data engine: gpu (batched torch ops on a device-resident dataset), torch (albumentations "
+                           "on DataLoader workers, the reference), dali, ffcv; pipeline.available_loaders() lists "
+                           "those installed")
+    data.add_argument("--workers", type=int, default=None,
+                      help="loader workers: torch DataLoader processes, FFCV threads, DALI threads (default: all "
+                           "cores; gpu has none)")
+    recipe = ap.add_argument_group("recipe")
+    recipe.add_argument("--epochs", type=positive_int, default=30, help="training epochs")
+    recipe.add_argument("--batch-size", type=positive_int, default=128, help="images per step (per process)")
+    recipe.add_argument("--lr", type=positive_float, default=0.1, help="peak learning rate (onecycle) or initial (step)")
+    recipe.add_argument("--momentum", type=fraction, default=0.9, help="SGD momentum")
+    recipe.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True, help="Nesterov momentum")
+    recipe.add_argument("--weight-decay", type=non_negative_float, default=5e-4,
+                        help="on convolution and linear weights (not on BatchNorm or biases)")
+    recipe.add_argument("--schedule", choices=["onecycle", "step"], default="onecycle",
+                        help="learning-rate schedule: OneCycle (linear warm-up and decay) or StepLR")
+    recipe.add_argument("--warmup", type=fraction, default=0.25, help="OneCycle: share of steps spent warming up")
+    recipe.add_argument("--label-smoothing", type=fraction, default=0.1, help="of the cross-entropy targets")
+    recipe.add_argument("--seed", type=int, default=0, help="seeds the weights, the epoch order and the augmentation")
+    model = ap.add_argument_group("model")
+    model.add_argument("--arch", choices=ARCHS, default="c1c2c3c4", help="the built-in net (see --model for your own)")
+    model.add_argument("--model", default=None, metavar="FILE.py:NAME",
+                       help="train your own model instead of --arch: a Python file (or an importable module) and the "
+                            "nn.Module class or factory in it, e.g. my_net.py:Net; called with num_classes=10 where "
+                            "it takes it; checkpoints record the spec and the file's sha256")
+    model.add_argument("--max-params", type=positive_int, default=None, metavar="N",
+                       help="refuse a model with N parameters or more (default: 200,000 for the built-in archs, no "
+                            "limit for --model); every run prints and records its count and receptive field")
+    model.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,  # per arch, below
+                       help="set the first 3x3 convolution to a whitening of the training images' 3x3 patches (their "
+                            "principal directions and the negatives) and freeze it, as airbench does; its parameters "
+                            "still count (default: on for c1c2c3c4, off for dilated and --model)")
+    perf = ap.add_argument_group("performance")
+    perf.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA where there is a GPU")
+    perf.add_argument("--amp", choices=list(AMP_CHOICES), default="auto",
+                      help="mixed precision: auto = bf16 on CUDA where supported (else fp16 with a GradScaler), "
+                           "bf16 on CPUs with native bf16 (avx512_bf16/AMX), fp32 on other CPUs; on = autocast "
+                           "even where slow; off = fp32; bf16 / fp16 = autocast to that type on any device")
+    perf.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                      help="channels-last memory format for the model and its batches")
+    perf.add_argument("--compile", action="store_true", help="torch.compile the model")
+    perf.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=False,
+                      help="record the training step once per batch size as a CUDA graph and replay it: one launch "
+                           "per step instead of hundreds (CUDA, one process, bf16 or fp32, not with --compile; SGD "
+                           "then runs fused with the learning rate as a GPU tensor: the same update)")
+    run = ap.add_argument_group("run")
+    run.add_argument("--out", default=None, help="run folder (default: runs/<loader>-<arch or model name>)")
+    run.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    exp = ap.add_argument_group("experiments", "options kept for studies; the default recipe does not use them")
+    exp.add_argument("--widths", type=positive_int, nargs=4, metavar=("C1", "C2", "C3", "C4"),
+                     help="channels of C1's output and of C2, C3, C4 of a built-in arch (default: c1c2c3c4 "
+                          f"{' '.join(map(str, WIDTHS['c1c2c3c4']))}, dilated {' '.join(map(str, WIDTHS['dilated']))})")
+    exp.add_argument("--activation", choices=list(ACTIVATIONS), default=DEFAULT_ACTIVATION,
+                     help="the nonlinearity of every layer of a built-in arch (stored in the checkpoint)")
+    exp.add_argument("--ema", type=fraction, default=0.0, metavar="DECAY",
+                     help="keep an exponential moving average of the weights (and BatchNorm statistics) with this "
+                          "decay per step, e.g. 0.999, and test and save it instead of the last weights; 0 = off")
+    exp.add_argument("--step-size", type=positive_int, default=8, help="StepLR: epochs between decays")
+    exp.add_argument("--gamma", type=positive_float, default=0.1, help="StepLR: decay factor")
+    exp.add_argument("--log-samples", action="store_true",
+                     help="write the sample indices each process trained on, per epoch (an audit of sharding)")
     args = ap.parse_args(argv)
     if args.workers is not None and args.workers < 0:
         ap.error("--workers must be >= 0")
@@ -251,7 +289,10 @@ def set_rng_state(state: dict) -> None:
 def make_net(args, num_classes: int):
     """(the net, its ModelSpec or None): --model's own, or the built-in arch; refused (RunError) over the budget."""
     spec = None
-    if args.model:
+    if getattr(args, "model_object", None) is not None:     # fit(model=an nn.Module)
+        net = args.model_object
+        custom.check_output(net, num_classes, type(net).__name__)
+    elif args.model:
         try:
             net, spec = custom.build(args.model, num_classes)
         except custom.ModelSpecError as e:
@@ -517,7 +558,10 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path, resume: bool) -> dict:
                 raise RunError(f"--resume: the run in {out} used {flag} {before}, not "
                                f"{getattr(args, key)}: {same}.")
         # "model" holds the weights that are tested and released: the average when --ema is on
-        tested = model_from_checkpoint(ckpt, ckpt_path, args.arch).state_dict()
+        if getattr(args, "model_object", None) is not None:      # fit(model=an nn.Module): the weights go into it
+            tested = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in ckpt["model"].items()}
+        else:
+            tested = model_from_checkpoint(ckpt, ckpt_path, args.arch).state_dict()
         if ema is not None:
             ema.module.load_state_dict(tested)
             ema.n_averaged.fill_(ckpt["ema_updates"])
@@ -545,11 +589,13 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path, resume: bool) -> dict:
         step.scaler.load_state_dict(scaler_state)
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
-    config = {"args": vars(args), "policy": policy.to_dict(), "data": {k: meta[k] for k in
+    config = {"args": {k: v for k, v in vars(args).items() if k != "model_object"}, "policy": policy.to_dict(), "data": {k: meta[k] for k in
               ("classes", "counts", "mean", "std", "source")}, "precision": amp_note, "device": str(device),
               "parameters": facts["parameters"], "receptive_field": facts["receptive_field"],
               "receptive_field_clipped": facts["receptive_field_clipped"],
-              "model_spec": spec.to_dict() if spec else None,
+              "model_spec": spec.to_dict() if spec else (
+                  {"spec": None, "object": f"{type(net).__module__}.{type(net).__qualname__}"}
+                  if getattr(args, "model_object", None) is not None else None),
               "torch": str(torch.__version__), "world_size": dist.world,
               "threads": torch.get_num_threads() if device.type == "cpu" else None}
     config["activation"] = facts["activation"]
@@ -561,7 +607,8 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path, resume: bool) -> dict:
         write_json(metrics, out / "metrics.json")
         plot_history(metrics, out / "history.png")
     variant = " (widths " + " ".join(map(str, net.widths)) + ")" if args.widths else ""
-    name = args.arch if spec is None else spec.text
+    name = spec.text if spec else (type(net).__name__ if getattr(args, "model_object", None) is not None
+                                   else args.arch)
     if args.activation != DEFAULT_ACTIVATION:
         variant += f" ({args.activation})"
     if args.whiten:
@@ -633,7 +680,89 @@ def _train(args, dist, out, ckpt_path, train_loader, test_loader, net, compiled,
             tb.close()
     if metrics and dist.main:
         print(f"test accuracy {100 * metrics[-1]['test_acc']:.2f}% after {metrics[-1]['epoch']} epochs -> {out}")
-    return {"metrics": metrics, "out": str(out)}
+    return {"metrics": metrics, "out": str(out), "model": net if ema is None else ema.module, "config": config}
+
+
+@dataclass
+class Result:
+    """What fit() returns: the per-epoch metrics, the run folder, the final test accuracy, the trained model (on its
+    device; the averaged one with ema) and the run's config (config.json)."""
+    metrics: list[dict]
+    out: Path
+    test_acc: float
+    model: torch.nn.Module
+    config: dict
+
+
+def fit(model=None, data_dir="data/cifar10", *, loader: str = "gpu", epochs: int = 30, out=None,
+        **options) -> Result:
+    """Train from Python, as ``python train.py`` does from the command line; raises exceptions, never exits.
+
+    ``model``: None (the built-in ``arch`` option, default c1c2c3c4), a spec such as ``"my_net.py:Net"`` (as
+    ``--model``), or an ``nn.Module`` to train in place. ``options`` are train.py's options with underscores
+    (``batch_size=256``, ``amp="off"``, ``resume=True``...). Bad options raise ValueError; bad data DataError;
+    a run folder that cannot be used RunError; a checkpoint that cannot be resumed CheckpointError;
+    an engine that is not installed LoaderUnavailable. Each sentence says what to do."""
+    module = model if isinstance(model, torch.nn.Module) else None
+    argv = ["--data-dir", str(data_dir), "--loader", loader, "--epochs", str(epochs)]
+    if out is not None:
+        argv += ["--out", str(out)]
+    if isinstance(model, str):
+        argv += ["--model", model]
+    elif model is not None and module is None:
+        raise TypeError(f"fit(model=...) takes None, a spec such as 'my_net.py:Net' or an nn.Module, "
+                        f"not {type(model).__name__}.")
+    argv += _option_argv(options)
+    args = parse_args(argv, parser_class=_RaisingParser)
+    if module is not None:
+        args.arch, args.model_object = CUSTOM, module
+        args.whiten = options.get("whiten", False)
+        if out is None:
+            args.out = f"runs/{loader}-{type(module).__name__}"
+    result = run(args)
+    final = result["metrics"][-1] if result["metrics"] else {}
+    return Result(result["metrics"], Path(result["out"]), final.get("test_acc"), result["model"], result["config"])
+
+
+def _option_argv(options: dict) -> list[str]:
+    """train.py's command line for fit()'s keyword options (unknown names refused)."""
+    known = {a.dest: a for a in _parser_actions()}
+    argv = []
+    for name, value in options.items():
+        action = known.get(name)
+        if action is None or name in ("data_dir", "loader", "epochs", "out", "model"):
+            raise ValueError(f"fit() takes no option {name!r}" + ("" if action is None else " here: it is an argument of "
+                                                                  "its own") + f"; its options are train.py's: "
+                             f"{', '.join(sorted(n for n in known if n != 'help'))}.")
+        flag = action.option_strings[0]
+        if isinstance(action, argparse.BooleanOptionalAction):
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(action, argparse._StoreTrueAction):
+            if value:
+                argv.append(flag)
+        elif isinstance(value, (list, tuple)):
+            argv += [flag, *map(str, value)]
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def _parser_actions():
+    captured = []
+
+    class Capture(_RaisingParser):
+        def parse_args(self, args=None, namespace=None):
+            captured.extend(self._actions)
+            raise _Captured
+    try:
+        parse_args([], parser_class=Capture)
+    except _Captured:
+        pass
+    return captured
+
+
+class _Captured(Exception):
+    pass
 
 
 def save_checkpoint(state: dict, ckpt_path: Path, out: Path, metrics: list[dict]) -> None:

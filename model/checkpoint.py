@@ -116,6 +116,9 @@ def _custom_from_checkpoint(ckpt: dict, path, arch) -> torch.nn.Module:
     record = ckpt.get("model_spec")
     if not isinstance(record, dict) or "spec" not in record:
         raise CheckpointError(f"{path} holds a model brought with --model, but not the spec it was built from.")
+    if record["spec"] is None:
+        raise CheckpointError(f"{path} was trained from Python with a model object ({record.get('object')}): build "
+                              f"that model in your code and load the checkpoint's 'model' weights into it.")
     if arch is not None and arch != CUSTOM:
         raise CheckpointError(f"{path} holds the model {record['spec']}, not the built-in {arch!r}: pass "
                               f"--model {record['spec']}.")

@@ -24,6 +24,7 @@ def quick_report(mini_dir, tmp_path_factory):
     return json.loads(path.read_text()), out
 
 
+@pytest.mark.slow
 def test_every_field(quick_report):
     r, out = quick_report
     for key in ("date", "device", "device_kind", "versions", "policy", "data", "settings", "command",
@@ -46,6 +47,7 @@ def test_every_field(quick_report):
         assert list(out.glob(f"*{suffix}")), suffix
 
 
+@pytest.mark.slow
 def test_ratios_come_from_the_figures_in_the_file(quick_report):
     r, _ = quick_report
     base = r["engines"]["torch"]["loader_only"]["img_per_s"]["mean"]
@@ -61,6 +63,7 @@ def test_ratios_come_from_the_figures_in_the_file(quick_report):
         assert all(t["met"] is None for t in r["targets"])       # GPU targets are not judged on a CPU
 
 
+@pytest.mark.slow
 def test_a_missing_engine_is_reported_not_fatal(quick_report):
     r, out = quick_report
     fake = r["engines"]["fake"]

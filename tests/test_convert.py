@@ -80,6 +80,7 @@ def psnr(a, b):
 
 @needs_jpeg
 @needs_mini
+@pytest.mark.slow
 def test_jpeg_archive_gives_the_full_set_in_official_order(jpeg_dir):
     meta = read_meta(jpeg_dir)
     assert meta["counts"] == {"train": 50000, "test": 10000}

@@ -108,6 +108,7 @@ def test_statistical_parity(mini_dir, policy, device):
     assert not failed, failed
 
 
+@pytest.mark.slow
 def test_compiled_apply_matches_eager(mini_dir):
     eager = build_loader("gpu", mini_dir, "train", 1024, seed=4, normalize=False)
     compiled = build_loader("gpu", mini_dir, "train", 1024, seed=4, normalize=False, compile=True)

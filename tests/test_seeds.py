@@ -19,6 +19,7 @@ def run(cmd, timeout=600):
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_two_seeds_side_by_side_give_a_mean_and_spread_and_finished_runs_are_reused(mini_dir, tmp_path):
     cmd = seeds_cmd("--seeds", 0, 1, "--epochs", 1, "--data-dir", mini_dir, "--device", "cpu", "--jobs", 2,
                     "--runs-dir", tmp_path / "runs", "--out", tmp_path / "out", "--", "--batch-size", 256)

@@ -33,7 +33,8 @@ def run(cmd, timeout=600):
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("loader", available_loaders())
+@pytest.mark.parametrize("loader", [pytest.param(n, marks=[] if n == "gpu" else [pytest.mark.slow])
+                                    for n in available_loaders()])
 def test_one_epoch_lowers_the_loss(mini_dir, tmp_path, loader):
     out = tmp_path / "run"
     proc = run(train_cmd("--loader", loader, "--data-dir", mini_dir, "--epochs", 1, "--schedule", "step",
@@ -74,7 +75,7 @@ def _kill_after_first_epoch(cmd, out):
     assert json.loads((out / "metrics.json").read_text())[-1]["epoch"] == 1
 
 
-@pytest.mark.parametrize("ema", [0, 0.9])
+@pytest.mark.parametrize("ema", [0, pytest.param(0.9, marks=pytest.mark.slow)])
 def test_a_killed_run_resumes_to_the_same_weights(tiny_dir, tmp_path, ema):
     common = ("--data-dir", tiny_dir, "--epochs", 2, "--seed", 3, "--ema", ema)
     straight = tmp_path / "straight"
@@ -201,6 +202,7 @@ def test_bad_input_gets_a_sentence(mini_dir, tmp_path):
     assert wide.returncode == 2 and "201,930 parameters; it must stay under 200,000" in wide.stderr
 
 
+@pytest.mark.slow
 def test_other_widths_train_release_and_evaluate(mini_dir, tmp_path):
     out = tmp_path / "run"
     small = ("--arch", "dilated", "--widths", 8, 16, 16, 24)
@@ -284,6 +286,7 @@ def test_evaluate_reports_and_refuses_bad_checkpoints(mini_dir, tmp_path, monkey
     assert resume_silu.returncode != 0 and "used --activation relu, not silu" in resume_silu.stderr
 
 
+@pytest.mark.slow
 def test_two_processes_with_gloo_see_every_sample_once(mini_dir, tmp_path):
     out = tmp_path / "ddp"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
