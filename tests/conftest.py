@@ -63,7 +63,8 @@ def mini_source(tmp_path_factory) -> Path:
     if HAVE_MINI:
         return MINI_BATCHES
     warnings.warn(f"cifar10-mini absent ({MINI_BATCHES}): using generated pictures instead")
-    return write_batches(tmp_path_factory.mktemp("generated") / "cifar-10-batches-py")
+    # as many pictures as cifar10-mini (5 x 1,017 + 1,017), so that one epoch is as many steps
+    return write_batches(tmp_path_factory.mktemp("generated") / "cifar-10-batches-py", per_batch=1017)
 
 
 @pytest.fixture(scope="session")
