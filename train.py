@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from model import (ACTIVATIONS, ARCHS, DEFAULT_ACTIVATION, PARAMETER_BUDGET, WIDTHS, build_model, count_parameters,
                    layout, whiten_first_conv)
 from model import custom, training
-from model.checkpoint import (CUSTOM, CheckpointError, checkpoint_activation, load, model_from_checkpoint, require_resumable,
-                              save_atomic, write_atomic, write_text_atomic)
+from model.checkpoint import (CUSTOM, CheckpointError, checkpoint_activation, checkpoint_weights, load,
+                              model_from_checkpoint, require_resumable, save_atomic, write_atomic, write_text_atomic)
 from model.training import AMP_CHOICES, GraphStepper, Stepper, graph_problem, precision
 from pipeline import build_loader, known_loaders
 from pipeline.cli import os_error_sentence, run_main
@@ -111,7 +111,8 @@ scalars (tb/) and checkpoint.pt into --out after every epoch; python -m model.ev
 OUT/checkpoint.pt scores it. Measured results: README.md and bench/results/."""
 
 
-def parse_args(argv=None, parser_class=argparse.ArgumentParser):
+def build_parser(parser_class=argparse.ArgumentParser):
+    """train.py's argument parser (fit() reads its options from it too)."""
     ap = parser_class(
         prog="python train.py",
         description="Train a CNN on converted CIFAR-10 with one of cifarflow's loader engines (all share one\n"
@@ -184,6 +185,11 @@ def parse_args(argv=None, parser_class=argparse.ArgumentParser):
     exp.add_argument("--gamma", type=positive_float, default=0.1, help="StepLR: decay factor")
     exp.add_argument("--log-samples", action="store_true",
                      help="write the sample indices each process trained on, per epoch (an audit of sharding)")
+    return ap
+
+
+def parse_args(argv=None, parser_class=argparse.ArgumentParser):
+    ap = build_parser(parser_class)
     args = ap.parse_args(argv)
     if args.workers is not None and args.workers < 0:
         ap.error("--workers must be >= 0")
@@ -305,11 +311,6 @@ def make_net(args, num_classes: int):
         raise RunError(f"{args.model or args.arch} has {n:,} parameters; --max-params allows fewer than {budget:,}: "
                        f"make it smaller, or raise --max-params.")
     return net, spec
-
-
-def config_widths(net):
-    widths = getattr(net, "widths", None)
-    return list(widths) if widths is not None else None
 
 
 def make_optimizer(net, args, device=None):
@@ -559,7 +560,7 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path, resume: bool) -> dict:
                                f"{getattr(args, key)}: {same}.")
         # "model" holds the weights that are tested and released: the average when --ema is on
         if getattr(args, "model_object", None) is not None:      # fit(model=an nn.Module): the weights go into it
-            tested = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in ckpt["model"].items()}
+            tested = checkpoint_weights(ckpt)
         else:
             tested = model_from_checkpoint(ckpt, ckpt_path, args.arch).state_dict()
         if ema is not None:
@@ -592,13 +593,13 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path, resume: bool) -> dict:
     config = {"args": {k: v for k, v in vars(args).items() if k != "model_object"}, "policy": policy.to_dict(), "data": {k: meta[k] for k in
               ("classes", "counts", "mean", "std", "source")}, "precision": amp_note, "device": str(device),
               "parameters": facts["parameters"], "receptive_field": facts["receptive_field"],
+              "widths": facts["widths"], "activation": facts["activation"],
               "receptive_field_clipped": facts["receptive_field_clipped"],
               "model_spec": spec.to_dict() if spec else (
                   {"spec": None, "object": f"{type(net).__module__}.{type(net).__qualname__}"}
                   if getattr(args, "model_object", None) is not None else None),
               "torch": str(torch.__version__), "world_size": dist.world,
               "threads": torch.get_num_threads() if device.type == "cpu" else None}
-    config["activation"] = facts["activation"]
     if not dist.main:
         return _train(args, dist, out, ckpt_path, train_loader, test_loader, net, compiled, opt, sched,
                       per_batch, step, amp_dtype, metrics, start_epoch, config, meta, tb=None, ema=ema)
@@ -663,7 +664,7 @@ def _train(args, dist, out, ckpt_path, train_loader, test_loader, net, compiled,
             tb.flush()
             extra = {} if ema is None else {"trained_model": net.state_dict(),
                                             "ema_updates": int(ema.n_averaged.item())}
-            save_checkpoint({"model": tested.state_dict(), "arch": args.arch, "widths": config_widths(net),
+            save_checkpoint({"model": tested.state_dict(), "arch": args.arch, "widths": config["widths"],
                          "layout": layout(net), "activation": config["activation"], **extra,
                          **({"model_spec": config["model_spec"]} if config["model_spec"] else {}),
                          "num_classes": len(meta["classes"]),
@@ -726,7 +727,7 @@ def fit(model=None, data_dir="data/cifar10", *, loader: str = "gpu", epochs: int
 
 def _option_argv(options: dict) -> list[str]:
     """train.py's command line for fit()'s keyword options (unknown names refused)."""
-    known = {a.dest: a for a in _parser_actions()}
+    known = {a.dest: a for a in build_parser()._actions}
     argv = []
     for name, value in options.items():
         action = known.get(name)
@@ -745,24 +746,6 @@ def _option_argv(options: dict) -> list[str]:
         elif value is not None:
             argv += [flag, str(value)]
     return argv
-
-
-def _parser_actions():
-    captured = []
-
-    class Capture(_RaisingParser):
-        def parse_args(self, args=None, namespace=None):
-            captured.extend(self._actions)
-            raise _Captured
-    try:
-        parse_args([], parser_class=Capture)
-    except _Captured:
-        pass
-    return captured
-
-
-class _Captured(Exception):
-    pass
 
 
 def save_checkpoint(state: dict, ckpt_path: Path, out: Path, metrics: list[dict]) -> None:

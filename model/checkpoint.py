@@ -101,13 +101,7 @@ def model_from_checkpoint(ckpt: dict, path="checkpoint", arch: str | None = None
         net = build_model(ckpt["arch"], ckpt.get("num_classes", 10), ckpt.get("widths"), saved_act)
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{path} holds unusable widths: {e}") from None
-    state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in ckpt["model"].items()}
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path} does not fit the {ckpt['arch']!r} model of this version "
-                              f"({str(e).splitlines()[0][:160]}).") from None
-    _check_layout(ckpt, net, path)
+    _load_weights(net, ckpt, path, f"the {ckpt['arch']!r} model of this version")
     return net
 
 
@@ -126,14 +120,23 @@ def _custom_from_checkpoint(ckpt: dict, path, arch) -> torch.nn.Module:
         net = rebuild(record, ckpt.get("num_classes", 10), path)
     except ModelSpecError as e:
         raise CheckpointError(str(e)) from None
-    state = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in ckpt["model"].items()}
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path} does not fit {record['spec']} as it is now "
-                              f"({str(e).splitlines()[0][:160]}).") from None
-    _check_layout(ckpt, net, path)
+    _load_weights(net, ckpt, path, f"{record['spec']} as it is now")
     return net
+
+
+def checkpoint_weights(ckpt: dict) -> dict:
+    """The checkpoint's weights, named as the bare model names them (a compiled or DDP-wrapped net saved its own
+    prefixes)."""
+    return {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in ckpt["model"].items()}
+
+
+def _load_weights(net, ckpt: dict, path, what: str) -> None:
+    """The checkpoint's weights into ``net``, then its layout checked: CheckpointError naming ``what`` otherwise."""
+    try:
+        net.load_state_dict(checkpoint_weights(ckpt))
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not fit {what} ({str(e).splitlines()[0][:160]}).") from None
+    _check_layout(ckpt, net, path)
 
 
 def _check_layout(ckpt: dict, net, path) -> None:

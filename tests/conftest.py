@@ -124,3 +124,16 @@ def run_in_process(main, *args) -> Ran:
             if isinstance(e.code, str):
                 err.write(e.code)
     return Ran(code, out.getvalue(), err.getvalue())
+
+
+def interrupt_epoch(monkeypatch, which: int, exc=KeyboardInterrupt):
+    """Make train_one_epoch raise ``exc`` in its ``which``-th call (1-based), as Ctrl-C in that epoch would."""
+    import train
+    real, calls = train.train_one_epoch, []
+
+    def epoch(*a, **k):
+        calls.append(1)
+        if len(calls) == which:
+            raise exc()
+        return real(*a, **k)
+    monkeypatch.setattr(train, "train_one_epoch", epoch)

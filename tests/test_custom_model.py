@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import torch
 
-from conftest import ROOT, run_in_process
+from conftest import ROOT, interrupt_epoch, run_in_process
 from model.custom import ModelSpecError, build, facts, measured_receptive_field
 
 STUDENT = ROOT / "tests" / "data" / "student_net.py"
@@ -32,7 +32,7 @@ def test_the_measured_receptive_field_is_the_analytic_one_of_the_built_in_nets()
     assert (rf, clipped) == (53, False)         # worked by hand in the file's layer order
 
 
-def test_a_students_network_trains_evaluates_and_refuses_a_changed_file(mini_dir, tmp_path):
+def test_a_students_network_trains_evaluates_and_refuses_a_changed_file(mini_dir, tmp_path, monkeypatch):
     """The assignment's kind of network (conv blocks, a depthwise-separable and a dilated layer, GAP + FC, 183,674
     parameters, receptive field 53), written as a student would, trains one epoch through --model, is evaluated
     from its checkpoint, and --resume refuses the file once it changed."""
@@ -40,7 +40,9 @@ def test_a_students_network_trains_evaluates_and_refuses_a_changed_file(mini_dir
     shutil.copy(STUDENT, net_file)
     out = tmp_path / "run"
     common = ("--model", f"{net_file}:Net", "--data-dir", mini_dir, "--epochs", 2, "--out", out)
-    stopped = _one_epoch_then_stop(common)
+    with monkeypatch.context() as m:        # epoch 1 of 2, then Ctrl-C: the run keeps epoch 1's checkpoint
+        interrupt_epoch(m, 2)
+        stopped = train(*common)
     assert stopped.returncode == 130, stopped.stderr
     assert "183,674 parameters, receptive field 53" in stopped.stdout
     config = json.loads((out / "config.json").read_text())
@@ -56,23 +58,6 @@ def test_a_students_network_trains_evaluates_and_refuses_a_changed_file(mini_dir
     assert changed.returncode == 2 and "has changed since" in changed.stderr and "Traceback" not in changed.stderr
     refused = evaluate("--checkpoint", out / "checkpoint.pt", "--data-dir", mini_dir)
     assert refused.returncode == 2 and "has changed since" in refused.stderr
-
-
-def _one_epoch_then_stop(common):
-    """Train epoch 1 of 2, then Ctrl-C at the start of epoch 2 (the run keeps epoch 1's checkpoint)."""
-    import train as train_module
-    real, calls = train_module.train_one_epoch, []
-
-    def epoch(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-    train_module.train_one_epoch = epoch
-    try:
-        return train(*common)
-    finally:
-        train_module.train_one_epoch = real
 
 
 FACTORY = """

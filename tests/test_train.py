@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, needs_mini, run_in_process
+from conftest import ROOT, interrupt_epoch, needs_mini, run_in_process
 from pipeline import available_loaders
 
 
@@ -393,24 +393,11 @@ def test_whiten_trains_with_a_frozen_whitened_first_convolution_and_resumes(tiny
 # interrupts, kills and failures keep the run's promise
 # --------------------------------------------------------------------------------------------
 
-def _interrupt_epoch(monkeypatch, which: int, exc=KeyboardInterrupt):
-    """Make train_one_epoch raise ``exc`` in its ``which``-th call (1-based), as Ctrl-C in that epoch would."""
-    import train
-    real, calls = train.train_one_epoch, []
-
-    def epoch(*a, **k):
-        calls.append(1)
-        if len(calls) == which:
-            raise exc()
-        return real(*a, **k)
-    monkeypatch.setattr(train, "train_one_epoch", epoch)
-
-
 def test_ctrl_c_in_the_first_epoch_names_a_command_that_works(tiny_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
     args = ("--data-dir", tiny_dir, "--epochs", 1, "--out", out)
     with monkeypatch.context() as m:
-        _interrupt_epoch(m, 1)
+        interrupt_epoch(m, 1)
         stopped = run(train_cmd(*args))
     assert stopped.returncode == 130 and "Traceback" not in stopped.stderr
     assert "run the same command again" in stopped.stderr and "--resume" not in stopped.stderr
@@ -418,7 +405,7 @@ def test_ctrl_c_in_the_first_epoch_names_a_command_that_works(tiny_dir, tmp_path
     assert again.returncode == 0, again.stderr[-2000:]
     # a run killed in its first epoch (no sentence printed) continues with --resume too: it starts over
     with monkeypatch.context() as m:
-        _interrupt_epoch(m, 1)
+        interrupt_epoch(m, 1)
         assert run(train_cmd(*args[:-1], tmp_path / "killed")).returncode == 130
     resumed = run(train_cmd(*args[:-1], tmp_path / "killed", "--resume"))
     assert resumed.returncode == 0 and "starting it from the beginning" in resumed.stdout, resumed.stderr[-2000:]
@@ -428,7 +415,7 @@ def test_ctrl_c_after_an_epoch_resumes_with_the_command_it_names(tiny_dir, tmp_p
     out = tmp_path / "run"
     args = ("--data-dir", tiny_dir, "--epochs", 2, "--out", out)
     with monkeypatch.context() as m:
-        _interrupt_epoch(m, 2)
+        interrupt_epoch(m, 2)
         stopped = run(train_cmd(*args))
     assert stopped.returncode == 130 and "checkpoint of epoch 1" in stopped.stderr and "--resume" in stopped.stderr
     resumed = run(train_cmd(*args, "--resume"))
