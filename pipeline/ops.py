@@ -4,9 +4,9 @@ device (``gpu``, and ``ffcv`` after ``ToDevice``):
 
 - flip: ``torch.where`` between the batch and its mirror;
 - shift-scale-rotate: one batched ``affine_grid`` + ``grid_sample`` (bilinear, align_corners=False)
-  whose theta reproduces albumentations' matrix; the border is the per-channel mean, by sampling
-  ``x - mean`` with zero padding and adding the mean back, then rounding as OpenCV does;
-- dropout: a mask of the hole, filled with the (truncated) mean;
+  whose theta reproduces albumentations' matrix; the border is the per-channel fill, by sampling
+  ``x - fill`` with zero padding and adding the fill back, then rounding as OpenCV does;
+- dropout: a mask of the holes (each of its own size), filled with the (truncated) fill;
 all in float32, channels-last, whole pixel values out.
 """
 from __future__ import annotations
@@ -41,11 +41,11 @@ def apply(images: torch.Tensor, params: Params, policy: AugmentPolicy) -> torch.
     warped = warped.round_().clamp_(0, 255)
     x = torch.where(params.ssr.view(-1, 1, 1, 1), warped, x)
 
-    d = policy.dropout
     rows = torch.arange(h, device=dev).view(1, 1, h, 1)
     cols = torch.arange(w, device=dev).view(1, 1, 1, w)
     hy, hx = params.hole_y.view(b, -1, 1, 1), params.hole_x.view(b, -1, 1, 1)
-    inside = ((rows >= hy) & (rows < hy + d.hole_height) & (cols >= hx) & (cols < hx + d.hole_width)).any(1)
+    hh, hw = params.hole_h.view(b, -1, 1, 1), params.hole_w.view(b, -1, 1, 1)
+    inside = ((rows >= hy) & (rows < hy + hh) & (cols >= hx) & (cols < hx + hw)).any(1)
     hole = (inside & params.dropout.view(-1, 1, 1)).unsqueeze(1)
     hole_value = channel_constant(tuple(float(v) for v in dropout_fill(policy)), dev)
     x = torch.where(hole, hole_value, x)

@@ -4,9 +4,11 @@ replays parameters and by the parity harness.
 ``sample_params`` draws with albumentations 2.x's distributions (measured conventions in
 ../shared/notes/parity-facts.md):
 - flip, shift-scale-rotate and dropout each applied with their own probability;
-- angle ~ U(-r, r) degrees; scale x and y drawn separately from U(1 - c, 1 + c);
-- shifts ``int(U(-s, s) * size)``: whole pixels, truncated toward 0, x and y separately;
-- each hole's top-left uniform on {0..H-h} x {0..W-w} (never partly outside).
+- angle ~ U(lo, hi) degrees; scale x and y drawn separately from their ranges;
+- shifts ``int(U(lo, hi) * size)``: whole pixels, truncated toward 0, x and y separately;
+- the number of holes uniform on its range, each hole's height and width uniform on theirs (whole pixels), or
+  ``int(U(lo, hi) * size)`` for fractions; each hole's top-left uniform on {0..H-h} x {0..W-w} (never partly
+  outside); holes beyond a sample's number have size 0.
 
 ``forward_matrix`` is albumentations' Affine matrix M = C(c) T(tx, ty) R S C(-c) with c the pixel
 centre (W/2 - 0.5, H/2 - 0.5) and R = [[cos, sin], [-sin, cos]]; OpenCV warps with its inverse.
@@ -33,8 +35,10 @@ class Params:
     shift_x: torch.Tensor   # (n,) int64 pixels
     shift_y: torch.Tensor   # (n,) int64 pixels
     dropout: torch.Tensor   # (n,) bool
-    hole_y: torch.Tensor    # (n, holes) int64, top-left row
-    hole_x: torch.Tensor    # (n, holes) int64, top-left column
+    hole_y: torch.Tensor    # (n, max holes) int64, top-left row
+    hole_x: torch.Tensor    # (n, max holes) int64, top-left column
+    hole_h: torch.Tensor    # (n, max holes) int64 height; 0 for the holes beyond the sample's drawn number
+    hole_w: torch.Tensor    # (n, max holes) int64 width; 0 likewise
 
     def __len__(self) -> int:
         return len(self.flip)
@@ -59,18 +63,30 @@ def sample_params(n: int, policy: AugmentPolicy, generator: torch.Generator | No
     def u(lo, hi, shape=(n,)):
         return torch.rand(shape, generator=generator, device=device) * (hi - lo) + lo
 
+    def whole(lo, hi, shape):       # uniform on lo..hi
+        return torch.randint(lo, hi + 1, shape, generator=generator, device=device)
+
     flip = torch.rand(n, generator=generator, device=device) < policy.flip.p
     ssr = torch.rand(n, generator=generator, device=device) < s.p
-    angle = u(-s.rotate_limit, s.rotate_limit)
-    scale_x = u(1 - s.scale_limit, 1 + s.scale_limit)
-    scale_y = u(1 - s.scale_limit, 1 + s.scale_limit)
-    shift_x = torch.trunc(u(-s.shift_limit, s.shift_limit) * size).long()
-    shift_y = torch.trunc(u(-s.shift_limit, s.shift_limit) * size).long()
+    angle = u(*s.rotate)
+    scale_x = u(*s.scale_x)
+    scale_y = u(*s.scale_y)
+    shift_x = torch.trunc(u(*s.shift_x) * size).long()
+    shift_y = torch.trunc(u(*s.shift_y) * size).long()
     dropout = torch.rand(n, generator=generator, device=device) < d.p
-    holes = (n, d.num_holes)
-    hole_y = torch.randint(0, size - d.hole_height + 1, holes, generator=generator, device=device)
-    hole_x = torch.randint(0, size - d.hole_width + 1, holes, generator=generator, device=device)
-    return Params(flip, ssr, angle, scale_x, scale_y, shift_x, shift_y, dropout, hole_y, hole_x)
+    holes = (n, d.max_holes)
+    if d.in_pixels:
+        hole_h, hole_w = whole(*d.hole_height, holes), whole(*d.hole_width, holes)
+    else:
+        hole_h = torch.trunc(u(*d.hole_height, holes) * size).long()
+        hole_w = torch.trunc(u(*d.hole_width, holes) * size).long()
+    count = whole(*d.num_holes, (n, 1))
+    present = torch.arange(d.max_holes, device=device).view(1, -1) < count
+    hole_h, hole_w = hole_h * present, hole_w * present
+    # top-left uniform on 0..size - h: floor(U * (size - h + 1)), kept below the top should U round up to 1
+    hole_y = torch.minimum((u(0, 1, holes) * (size - hole_h + 1)).long(), size - hole_h)
+    hole_x = torch.minimum((u(0, 1, holes) * (size - hole_w + 1)).long(), size - hole_w)
+    return Params(flip, ssr, angle, scale_x, scale_y, shift_x, shift_y, dropout, hole_y, hole_x, hole_h, hole_w)
 
 
 def forward_matrix(params: Params, size: int = 32) -> torch.Tensor:
@@ -110,17 +126,20 @@ def pixel_to_normalized(size: int, device: torch.device) -> tuple[torch.Tensor, 
 
 
 def ssr_fill(policy: AugmentPolicy) -> tuple[float, float, float]:
-    """The border value of the warp: OpenCV turns the float mean into the image's type first (uint8,
+    """The border value of the warp: OpenCV turns the float fill into the image's type first (uint8,
     rounded half-to-even), and interpolates between pixels and that whole value."""
-    return tuple(float(v) for v in np.round(np.asarray(policy.fill, dtype=np.float64)))
+    return tuple(float(v) for v in np.round(np.asarray(policy.ssr_fill, dtype=np.float64)))
 
 
 def dropout_fill(policy: AugmentPolicy) -> tuple[int, int, int]:
     """The hole value: albumentations converts the fill with ``np.array(fill, dtype=uint8)``, which truncates."""
-    return tuple(int(math.trunc(v)) for v in policy.fill)
+    return tuple(int(math.trunc(v)) for v in policy.dropout_fill)
 
 
-def hole_boxes(params: Params, policy: AugmentPolicy) -> np.ndarray:
-    """(n, holes, 4) [x1, y1, x2, y2] half-open, as albumentations' CoarseDropout holds them."""
-    y, x = params.hole_y.cpu().numpy(), params.hole_x.cpu().numpy()
-    return np.stack([x, y, x + policy.dropout.hole_width, y + policy.dropout.hole_height], -1)
+def hole_boxes(params: Params) -> list[np.ndarray]:
+    """Per sample, its (holes, 4) [x1, y1, x2, y2] half-open, as albumentations' CoarseDropout holds them (the
+    holes beyond the sample's drawn number left out)."""
+    p = params.numpy()
+    boxes = np.stack([p["hole_x"], p["hole_y"], p["hole_x"] + p["hole_w"], p["hole_y"] + p["hole_h"]], -1)
+    present = (p["hole_h"] > 0) | (p["hole_w"] > 0)
+    return [b[k] for b, k in zip(boxes, present)]

@@ -56,7 +56,7 @@ def reference_replay(images: np.ndarray, params: Params, policy: AugmentPolicy) 
     """albumentations' transforms, in the policy's order, with the given parameters."""
     flip, affine, dropout = albu.flip(policy), albu.affine(policy), albu.dropout(policy)
     m = forward_matrix(params, policy.image_size).cpu().numpy()
-    boxes = hole_boxes(params, policy)
+    boxes = hole_boxes(params)
     p = params.numpy()
     out = np.empty_like(images)
     size = (policy.image_size, policy.image_size)
@@ -122,7 +122,7 @@ def albumentations_params(images: np.ndarray, policy: AugmentPolicy, seed: int) 
     compose = albu.build_compose(policy, seed=seed, save_applied_params=True)
     c = policy.image_size / 2 - 0.5
     rec = {k: [] for k in ("flip", "ssr", "dropout", "angle", "scale_x", "scale_y", "shift_x", "shift_y",
-                           "hole_x", "hole_y")}
+                           "hole_x", "hole_y", "hole_h", "hole_w", "holes")}
     for img in images:
         applied = dict(compose(image=img)["applied_transforms"])
         rec["flip"].append("HorizontalFlip" in applied)
@@ -138,9 +138,13 @@ def albumentations_params(images: np.ndarray, policy: AugmentPolicy, seed: int) 
             rec["shift_x"].append(round(t[0]))
             rec["shift_y"].append(round(t[1]))
         if "CoarseDropout" in applied:
-            for x1, y1, _, _ in np.asarray(applied["CoarseDropout"]["holes"]):
+            holes = np.asarray(applied["CoarseDropout"]["holes"]).reshape(-1, 4)
+            rec["holes"].append(len(holes))
+            for x1, y1, x2, y2 in holes:
                 rec["hole_x"].append(x1)
                 rec["hole_y"].append(y1)
+                rec["hole_h"].append(y2 - y1)
+                rec["hole_w"].append(x2 - x1)
     return {k: np.asarray(v) for k, v in rec.items()}
 
 
@@ -221,9 +225,27 @@ def statistical_parity(engine: str, data_dir, policy: AugmentPolicy, seed: int =
     # parameter distributions, where the engine exposes what it draws
     if hasattr(module, "sampled_params") and not options:
         ours = module.sampled_params(n, policy, seed, device).numpy()
-        for key in ("angle", "scale_x", "scale_y", "shift_x", "shift_y", "hole_x", "hole_y"):
-            flag = "dropout" if key.startswith("hole") else "ssr"
-            mine = ours[key][ours[flag]].ravel()
+        present = (ours["hole_h"] > 0) | (ours["hole_w"] > 0)
+        ours["holes"] = present.sum(1)
+        keys = ["angle", "scale_x", "scale_y", "shift_x", "shift_y"] if policy.ssr.p > 0 else []
+        if policy.dropout.p > 0:
+            keys += ["hole_x", "hole_y", "hole_h", "hole_w", "holes"]
+        for key in keys:
+            if key == "holes":
+                mine = ours[key][ours["dropout"]]
+            elif key.startswith("hole"):      # every hole drawn, of the samples with dropout applied
+                mine = ours[key][ours["dropout"][:, None] & present]
+            else:
+                mine = ours[key][ours["ssr"]]
+            mine = mine.ravel()
+            if len(mine) == 0 or len(ref_p[key]) == 0:
+                checks.append(Check("statistical", f"{key} distribution (KS)", len(mine) == len(ref_p[key]),
+                                    f"engine drew {len(mine)}, albumentations {len(ref_p[key])} values"))
+                continue
+            if np.ptp(mine) == 0 and np.ptp(ref_p[key]) == 0:      # a fixed value: the same one, or not
+                checks.append(Check("statistical", f"{key} distribution", mine[0] == ref_p[key][0],
+                                    f"fixed: engine {mine[0]:.4g}, albumentations {ref_p[key][0]:.4g}"))
+                continue
             ks = ks_2samp(mine, ref_p[key])
             checks.append(Check("statistical", f"{key} distribution (KS)", ks.pvalue > KS_MIN_P,
                                 f"D {ks.statistic:.4f}, p {ks.pvalue:.3g} (> {KS_MIN_P:g}); engine "
@@ -277,6 +299,7 @@ def save_comparison(path, images, ref, out, count=8, amplify=32):
 
 def main(argv=None) -> int:
     from pipeline import known_loaders
+    from pipeline.albu_import import add_policy_arguments, policy_for
     from pipeline.cli import run_main
     from pipeline.format import load_split
     from pipeline.output import resolve_device
@@ -291,14 +314,17 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=2000, help="images for pixel parity (default 2000)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
+    add_policy_arguments(ap)
     args = ap.parse_args(argv)
     if args.images < 1:
         ap.error("--images must be at least 1")
 
     def body():
         device = resolve_device(args.device)
-        split, meta = load_split(args.data_dir, "train")
-        policy = AugmentPolicy.from_meta(meta)
+        split, _ = load_split(args.data_dir, "train")
+        policy, notes = policy_for(args.data_dir, args.policy, strict=args.strict_policy)
+        for note in notes:
+            print(f"note: {note}")
         images = np.asarray(split.images[:args.images])
         pixel, full = replay_parity(args.loader, images, policy, args.seed, device)
         stats = statistical_parity(args.loader, args.data_dir, policy, args.seed, device)

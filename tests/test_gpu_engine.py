@@ -68,7 +68,7 @@ def test_sampler_properties(policy):
     p = sample_params(20000, policy, torch.Generator().manual_seed(0))
     for flag, prob in ((p.flip, policy.flip.p), (p.ssr, policy.ssr.p), (p.dropout, policy.dropout.p)):
         assert abs(flag.float().mean().item() - prob) < 0.02
-    assert p.angle.abs().max() <= policy.ssr.rotate_limit and p.angle.abs().max() > 14.9
+    assert p.angle.abs().max() <= policy.ssr.rotate[1] and p.angle.abs().max() > 14.9
     for s in (p.scale_x, p.scale_y):
         assert 0.9 <= s.min() and s.max() <= 1.1
     assert not torch.equal(p.scale_x, p.scale_y), "x and y scales are drawn separately"
@@ -77,6 +77,26 @@ def test_sampler_properties(policy):
     counts = torch.bincount(p.shift_x + 3)
     assert 1.6 < counts[3] / counts[4] < 2.4
     assert set(p.hole_y.unique().tolist()) == set(range(0, 17)) == set(p.hole_x.unique().tolist())
+    assert set(p.hole_h.unique().tolist()) == {16} == set(p.hole_w.unique().tolist())
+
+
+def test_sampler_of_a_varied_dropout(policy):
+    """2-4 holes of 4-12 pixels: the number and each size uniform on its range, every hole inside the image."""
+    from dataclasses import replace
+    from pipeline.policy import CoarseDropout
+    pol = replace(policy, dropout=CoarseDropout(p=1.0, num_holes=(2, 4), hole_height=(4, 12), hole_width=(4, 12)))
+    p = sample_params(30000, pol, torch.Generator().manual_seed(1))
+    count = (p.hole_h > 0).sum(1)
+    assert p.hole_h.shape == (30000, 4) and set(count.unique().tolist()) == {2, 3, 4}
+    assert torch.all((torch.bincount(count)[2:].float() / 30000 - 1 / 3).abs() < 0.02)
+    drawn = p.hole_h[p.hole_h > 0]
+    assert set(drawn.unique().tolist()) == set(range(4, 13))
+    assert torch.all((p.hole_y >= 0) & (p.hole_y + p.hole_h <= 32) & (p.hole_x >= 0) & (p.hole_x + p.hole_w <= 32))
+    tall = p.hole_h == 12           # its top-left is uniform on 0..20, both ends reached
+    assert set(p.hole_y[tall].unique().tolist()) == set(range(0, 21))
+    frac = replace(policy, dropout=CoarseDropout(hole_height=(0.1, 0.2), hole_width=(0.25, 0.25)))
+    q = sample_params(20000, frac, torch.Generator().manual_seed(2))
+    assert set(q.hole_h.unique().tolist()) == {3, 4, 5, 6} and set(q.hole_w.unique().tolist()) == {8}
 
 
 def test_matrix_is_albumentations_own(policy):

@@ -11,20 +11,35 @@ def test_defaults_are_the_project_policy(mini_dir):
     p = AugmentPolicy.from_meta(read_meta(mini_dir))
     assert p.mean == tuple(read_meta(mini_dir)["mean"]) and p.std == tuple(read_meta(mini_dir)["std"])
     assert p.flip.p == 0.5
-    assert (p.ssr.p, p.ssr.shift_limit, p.ssr.scale_limit, p.ssr.rotate_limit) == (0.5, 0.1, 0.1, 15.0)
-    assert (p.ssr.interpolation, p.ssr.border) == ("bilinear", "constant")
-    assert (p.dropout.p, p.dropout.num_holes, p.dropout.hole_height, p.dropout.hole_width) == (0.5, 1, 16, 16)
-    assert p.fill == p.mean
+    s = p.ssr
+    assert (s.p, s.shift_x, s.shift_y, s.scale_x, s.scale_y, s.rotate) == \
+        (0.5, (-0.1, 0.1), (-0.1, 0.1), (0.9, 1.1), (0.9, 1.1), (-15.0, 15.0))
+    assert (s.interpolation, s.border, s.fill) == ("bilinear", "constant", "mean")
+    d = p.dropout
+    assert (d.p, d.num_holes, d.hole_height, d.hole_width, d.fill) == (0.5, (1, 1), (16, 16), (16, 16), "mean")
+    assert p.ssr_fill == p.mean and p.dropout_fill == p.mean
 
 
 def test_json_round_trip():
     p = AugmentPolicy(mean=(125.3, 123.0, 113.9), std=(63.0, 62.1, 66.7),
-                      ssr=ShiftScaleRotate(p=0.7, rotate_limit=10), dropout=CoarseDropout(hole_height=8))
+                      ssr=ShiftScaleRotate(p=0.7, rotate=(-10, 20), shift_y=(0, 0.2), fill=0),
+                      dropout=CoarseDropout(num_holes=(2, 4), hole_height=(4, 12), hole_width=(4, 8), fill=(1, 2, 3)))
     text = p.to_json()
-    assert json.loads(text)["ssr"]["rotate_limit"] == 10
+    assert json.loads(text)["ssr"]["rotate"] == [-10.0, 20.0] and json.loads(text)["ssr"]["fill"] == [0.0] * 3
     q = AugmentPolicy.from_json(text)
     assert q == p and hash(q) == hash(p)
     assert AugmentPolicy.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+    fractions = CoarseDropout(hole_height=(0.1, 0.2), hole_width=(0.1, 0.3))
+    assert not fractions.in_pixels and AugmentPolicy(mean=(1, 2, 3), std=(1, 1, 1), dropout=fractions).dropout == fractions
+
+
+def test_the_symmetric_form_of_earlier_versions_still_reads():
+    """Checkpoints and released weights hold the policy as earlier versions wrote it."""
+    old = {"mean": [1, 2, 3], "std": [1, 1, 1], "flip": {"p": 0.5},
+           "ssr": {"p": 0.5, "shift_limit": 0.1, "scale_limit": 0.1, "rotate_limit": 15.0,
+                   "interpolation": "bilinear", "border": "constant"},
+           "dropout": {"p": 0.5, "num_holes": 1, "hole_height": 16, "hole_width": 16}, "image_size": 32}
+    assert AugmentPolicy.from_dict(old) == AugmentPolicy(mean=(1, 2, 3), std=(1, 1, 1))
 
 
 def test_frozen_and_validated():
@@ -33,12 +48,18 @@ def test_frozen_and_validated():
         p.mean = (0, 0, 0)
     with pytest.raises(ValueError, match="must lie in"):
         AugmentPolicy(mean=(1, 2, 3), std=(1, 1, 1), ssr=ShiftScaleRotate(p=1.5))
-    with pytest.raises(ValueError, match="fit"):
-        AugmentPolicy(mean=(1, 2, 3), std=(1, 1, 1), dropout=CoarseDropout(hole_height=40))
+    with pytest.raises(ValueError, match="within 1..32"):
+        AugmentPolicy(mean=(1, 2, 3), std=(1, 1, 1), dropout=CoarseDropout(hole_height=(8, 40)))
     with pytest.raises(ValueError, match="positive"):
         AugmentPolicy(mean=(1, 2, 3), std=(0, 1, 1))
     with pytest.raises(ValueError, match="not an augmentation policy"):
         AugmentPolicy.from_dict({"mean": [1, 2, 3], "std": [1, 1, 1], "flip": {"prob": 0.5}})
+    with pytest.raises(ValueError, match="'mean' or a constant in 0..255"):
+        CoarseDropout(fill="random")
+    with pytest.raises(ValueError, match="a range within"):
+        AugmentPolicy(mean=(1, 2, 3), std=(1, 1, 1), ssr=ShiftScaleRotate(shift_x=(0.2, -0.2)))
+    with pytest.raises(ValueError, match="a .low, high. pair"):
+        ShiftScaleRotate(rotate=15)
 
 
 def test_without_augmentation():

@@ -8,11 +8,11 @@ The policy, as DALI ops on uint8 HWC images:
 - ``fn.flip(horizontal=coin)`` (``horizontal`` defaults to 1 when not given: it is always given);
 - ``fn.warp_affine`` with one 2x3 matrix per sample. DALI maps output to input (``inverse_map``) and
   samples at pixel centres, so the matrix is albumentations' inverse with its translation moved by
-  ``0.5 - 0.5 * row sum``. DALI takes one scalar fill, so the per-channel mean border is made by
-  subtracting the (rounded) mean, warping with fill 0 and adding it back; a sample that is not
+  ``0.5 - 0.5 * row sum``. DALI takes one scalar fill, so the per-channel border is made by
+  subtracting the (rounded) fill, warping with fill 0 and adding it back; a sample that is not
   transformed gets the exact identity matrix, which returns its pixels unchanged;
-- ``fn.erase(anchor=(y, x), shape=(h, w))`` for the hole (shape 0 where dropout is not applied),
-  filled with the truncated mean;
+- ``fn.erase(anchor=(y, x, ...), shape=(h, w, ...))`` for the holes (shape 0 for a hole beyond the drawn
+  number, or where dropout is not applied), filled with the truncated fill;
 - ``fn.crop_mirror_normalize`` for the normalization; the batch leaves DALI as HWC and becomes an
   NCHW channels-last view in PyTorch without a copy.
 
@@ -76,18 +76,32 @@ def _trunc(v):
 
 def native_params(policy: AugmentPolicy) -> dict:
     """DALI random ops drawing albumentations 2.x's distributions, and the per-sample graph inputs
-    they make: flip flag, warp matrix, hole anchor and shape."""
+    they make: flip flag, warp matrix, holes' anchors and shapes (y, x pairs, one per possible hole)."""
     s, d, size = policy.ssr, policy.dropout, policy.image_size
     flip = fn.random.coin_flip(probability=policy.flip.p, dtype=types.INT32)
     ssr = _as_float(fn.random.coin_flip(probability=s.p, dtype=types.INT32))
-    angle = fn.random.uniform(range=(-s.rotate_limit, s.rotate_limit))
-    sx = fn.random.uniform(range=(1 - s.scale_limit, 1 + s.scale_limit))
-    sy = fn.random.uniform(range=(1 - s.scale_limit, 1 + s.scale_limit))
-    tx = _trunc(fn.random.uniform(range=(-s.shift_limit, s.shift_limit)) * float(size))
-    ty = _trunc(fn.random.uniform(range=(-s.shift_limit, s.shift_limit)) * float(size))
+    angle = fn.random.uniform(range=s.rotate)
+    sx = fn.random.uniform(range=s.scale_x)
+    sy = fn.random.uniform(range=s.scale_y)
+    tx = _trunc(fn.random.uniform(range=s.shift_x) * float(size))
+    ty = _trunc(fn.random.uniform(range=s.shift_y) * float(size))
     drop = _as_float(fn.random.coin_flip(probability=d.p, dtype=types.INT32))
-    hy = fn.random.uniform(values=[float(v) for v in range(size - d.hole_height + 1)])
-    hx = fn.random.uniform(values=[float(v) for v in range(size - d.hole_width + 1)])
+    count = _whole_draw(*d.num_holes)
+    anchors, shapes, raw_holes = [], [], []
+    for k in range(d.max_holes):
+        if d.in_pixels:
+            hh, hw = _whole_draw(*d.hole_height), _whole_draw(*d.hole_width)
+        else:
+            hh = dmath.floor(fn.random.uniform(range=d.hole_height) * float(size))
+            hw = dmath.floor(fn.random.uniform(range=d.hole_width) * float(size))
+        on = drop * _as_float(count > float(k))
+        hh, hw = hh * on, hw * on       # 0: a hole beyond the drawn number, or no dropout
+        # top-left uniform on 0..size - h
+        hy = dmath.min(dmath.floor(fn.random.uniform(range=(0.0, 1.0)) * (float(size + 1) - hh)), float(size) - hh)
+        hx = dmath.min(dmath.floor(fn.random.uniform(range=(0.0, 1.0)) * (float(size + 1) - hw)), float(size) - hw)
+        anchors += [hy, hx]
+        shapes += [hh, hw]
+        raw_holes.append((hy, hx, hh, hw))
 
     # not applied -> exactly the identity: angle 0, scales 1, shifts 0
     rad = angle * ssr * (math.pi / 180.0)
@@ -100,10 +114,18 @@ def native_params(policy: AugmentPolicy) -> dict:
     b0 = c - (a00 * (c + tx_) + a01 * (c + ty_)) + 0.5 - 0.5 * (a00 + a01)
     b1 = c - (a10 * (c + tx_) + a11 * (c + ty_)) + 0.5 - 0.5 * (a10 + a11)
     matrix = fn.stack(fn.stack(a00, a01, b0), fn.stack(a10, a11, b1))
-    return {"flip": flip, "matrix": matrix, "anchor": fn.stack(hy, hx),
-            "shape": fn.stack(drop * float(d.hole_height), drop * float(d.hole_width)),
+    none = fn.cast(flip * 0, dtype=types.FLOAT)       # a sample's empty hole list, where no hole can be drawn
+    return {"flip": flip, "matrix": matrix,
+            "anchor": fn.stack(*anchors) if anchors else fn.stack(none, none),
+            "shape": fn.stack(*shapes) if shapes else fn.stack(none, none),
             # the raw draws, for the parity harness's KS tests
-            "raw": (fn.cast(flip, dtype=types.INT32), ssr, angle, sx, sy, tx, ty, drop, hy, hx)}
+            "raw": (fn.cast(flip, dtype=types.INT32), ssr, angle, sx, sy, tx, ty, drop,
+                    *(v for hole in raw_holes for v in hole))}
+
+
+def _whole_draw(lo: int, hi: int):
+    """A whole number uniform on lo..hi, as a float."""
+    return fn.random.uniform(values=[float(v) for v in range(int(lo), int(hi) + 1)])
 
 
 def augment(x, flip, matrix, anchor, shape, policy: AugmentPolicy):
@@ -238,10 +260,13 @@ class _ReplaySource:
         forward = forward_matrix(params, policy.image_size).numpy()
         forward[~p["ssr"]] = np.eye(3)             # not applied: the exact identity
         self.matrix = dali_matrix(forward)
-        d = policy.dropout
-        self.anchor = np.stack([p["hole_y"][:, 0], p["hole_x"][:, 0]], -1).astype(np.float32)
-        applied = p["dropout"].astype(np.float32)
-        self.shape = np.stack([applied * d.hole_height, applied * d.hole_width], -1).astype(np.float32)
+        applied = p["dropout"].astype(np.float32)[:, None]
+        # (n, 2 * holes): y, x of each hole; its height and width, 0 where it is not drawn or dropout not applied
+        self.anchor = np.stack([p["hole_y"], p["hole_x"]], -1).reshape(len(applied), -1).astype(np.float32)
+        self.shape = np.stack([p["hole_h"] * applied, p["hole_w"] * applied], -1).reshape(len(applied), -1)
+        self.shape = self.shape.astype(np.float32)
+        if self.anchor.shape[1] == 0:       # no hole can be drawn: one empty region
+            self.anchor = self.shape = np.zeros((len(applied), 2), np.float32)
         self.batch_size = batch_size
 
     def __call__(self, info):
@@ -257,8 +282,6 @@ class _ReplaySource:
 
 def replay(images: torch.Tensor, params: Params, policy: AugmentPolicy) -> torch.Tensor:
     """uint8 (B, H, W, 3) through the DALI ops with the given parameters -> uint8 (B, H, W, 3)."""
-    if policy.dropout.num_holes != 1:
-        raise ValueError("the DALI engine implements one hole (the project's policy).")
     device_id = _device_id(images.device)
     batch = images.cpu().numpy()
     n = len(batch)
@@ -295,11 +318,14 @@ def native_draw(n: int, policy: AugmentPolicy, seed: int, device="cpu") -> tuple
     p = pipe()
     p.build()
     *raw, matrix = p.run()
-    flip, ssr, angle, sx, sy, tx, ty, drop, hy, hx = [np.array([np.array(t) for t in o]).reshape(n) for o in raw]
+    raw = [np.array([np.array(t) for t in o]).reshape(n) for o in raw]
+    flip, ssr, angle, sx, sy, tx, ty, drop = raw[:8]
+    holes = np.array(raw[8:]).reshape(-1, 4, n).astype(np.int64)       # (max holes, [y, x, h, w], n)
+    hy, hx, hh, hw = (np.ascontiguousarray(holes[:, j].T) for j in range(4))
     t = torch.from_numpy
     params = Params(t(flip.astype(bool)), t(ssr > 0.5), t(angle.astype(np.float32)), t(sx.astype(np.float32)),
                     t(sy.astype(np.float32)), t(tx.astype(np.int64)), t(ty.astype(np.int64)), t(drop > 0.5),
-                    t(hy.astype(np.int64)).view(n, 1), t(hx.astype(np.int64)).view(n, 1))
+                    t(hy), t(hx), t(hh), t(hw))
     return params, np.stack([np.array(m) for m in matrix])
 
 

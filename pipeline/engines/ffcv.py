@@ -101,12 +101,12 @@ def ensure_beton(data_dir, split: str, log=None) -> Path:
 # from its own threads, and numba's lazy compilation of a new signature there raced with other
 # threads (KeyError in the dispatcher, then a silent hang of the loader). Fills are passed as scalars
 # so that no closure array (read-only to numba) asks for a second signature.
-@njit("void(uint8[:, :, ::1], uint8[:, :, ::1], boolean, float64[:, ::1], boolean, int64, int64, int64, int64, "
-      "float64, float64, float64, uint8, uint8, uint8)", cache=False)
+@njit("void(uint8[:, :, ::1], uint8[:, :, ::1], boolean, float64[:, ::1], boolean, int64[::1], int64[::1], "
+      "int64[::1], int64[::1], float64, float64, float64, uint8, uint8, uint8)", cache=False)
 def _augment_one(img, out, flip, m, drop, hy, hx, hh, hw, fb0, fb1, fb2, fh0, fh1, fh2):
     """One HWC uint8 image -> ``out``: flip; warp with the (2, 3) output->input matrix ``m`` (pixel
     coordinates, OpenCV's convention; all-zero means not applied), bilinear, border (fb0, fb1, fb2);
-    hole of ``hh`` x ``hw`` at (``hy``, ``hx``) filled with (fh0, fh1, fh2) where ``drop``."""
+    holes ``k`` of ``hh[k]`` x ``hw[k]`` at (``hy[k]``, ``hx[k]``) filled with (fh0, fh1, fh2) where ``drop``."""
     h, w, c = img.shape
     fill_b = (fb0, fb1, fb2)
     fill_h = (fh0, fh1, fh2)
@@ -136,31 +136,58 @@ def _augment_one(img, out, flip, m, drop, hy, hx, hh, hw, fb0, fb1, fb2, fh0, fh
                     v = np.rint(acc)
                     out[y, x, ch] = 0 if v < 0 else (255 if v > 255 else np.uint8(v))
     if drop:
-        for y in range(hy, hy + hh):
-            for x in range(hx, hx + hw):
-                for ch in range(c):
-                    out[y, x, ch] = fill_h[ch]
+        for k in range(len(hy)):
+            for y in range(hy[k], hy[k] + hh[k]):
+                for x in range(hx[k], hx[k] + hw[k]):
+                    for ch in range(c):
+                        out[y, x, ch] = fill_h[ch]
 
 
 @njit("Tuple((boolean[::1], boolean[::1], float64[::1], float64[::1], float64[::1], int64[::1], int64[::1], "
-      "boolean[::1], int64[::1], int64[::1]))(int64, int64, float64, float64, float64, float64, float64, float64, "
-      "int64, int64)", cache=False)
-def _draw(n, size, flip_p, ssr_p, drop_p, rot, scl, sft, hh, hw):
-    """numba's draws for ``n`` samples, with albumentations 2.x's distributions."""
+      "boolean[::1], int64[:, ::1], int64[:, ::1], int64[:, ::1], int64[:, ::1]))(int64, int64, float64, float64, "
+      "float64, UniTuple(float64, 14), UniTuple(int64, 2), boolean)", cache=False)
+def _draw(n, size, flip_p, ssr_p, drop_p, ranges, holes, pixels):
+    """numba's draws for ``n`` samples, with albumentations 2.x's distributions. ``ranges``: rotate, scale x,
+    scale y, shift x, shift y, hole height, hole width (low, high each); ``holes``: the number's range;
+    ``pixels``: hole sizes in whole pixels (else fractions of the side)."""
     flips = np.random.rand(n) < flip_p
     ssr = np.random.rand(n) < ssr_p
-    angle = np.random.uniform(-rot, rot, n)
-    sx = np.random.uniform(1 - scl, 1 + scl, n)
-    sy = np.random.uniform(1 - scl, 1 + scl, n)
+    angle = np.random.uniform(ranges[0], ranges[1], n)
+    sx = np.random.uniform(ranges[2], ranges[3], n)
+    sy = np.random.uniform(ranges[4], ranges[5], n)
     tx = np.empty(n, np.int64)
     ty = np.empty(n, np.int64)
     for i in range(n):
-        tx[i] = int(np.random.uniform(-sft, sft) * size)     # int(): toward zero, as albumentations
-        ty[i] = int(np.random.uniform(-sft, sft) * size)
+        tx[i] = int(np.random.uniform(ranges[6], ranges[7]) * size)     # int(): toward zero, as albumentations
+        ty[i] = int(np.random.uniform(ranges[8], ranges[9]) * size)
     drops = np.random.rand(n) < drop_p
-    hys = np.random.randint(0, size - hh + 1, n)
-    hxs = np.random.randint(0, size - hw + 1, n)
-    return flips, ssr, angle, sx, sy, tx, ty, drops, hys, hxs
+    most = holes[1]
+    hh = np.zeros((n, most), np.int64)
+    hw = np.zeros((n, most), np.int64)
+    hys = np.zeros((n, most), np.int64)
+    hxs = np.zeros((n, most), np.int64)
+    for i in range(n):
+        count = np.random.randint(holes[0], holes[1] + 1)
+        for k in range(count):
+            if pixels:
+                hh[i, k] = np.random.randint(int(ranges[10]), int(ranges[11]) + 1)
+                hw[i, k] = np.random.randint(int(ranges[12]), int(ranges[13]) + 1)
+            else:
+                hh[i, k] = int(np.random.uniform(ranges[10], ranges[11]) * size)
+                hw[i, k] = int(np.random.uniform(ranges[12], ranges[13]) * size)
+            hys[i, k] = np.random.randint(0, size - hh[i, k] + 1)
+            hxs[i, k] = np.random.randint(0, size - hw[i, k] + 1)
+    return flips, ssr, angle, sx, sy, tx, ty, drops, hys, hxs, hh, hw
+
+
+def _draw_args(policy: AugmentPolicy) -> tuple:
+    """_draw's arguments after ``n`` for the policy."""
+    s, d = policy.ssr, policy.dropout
+    # tuples, not arrays: numba sees a closure's arrays as read-only, a type the signature does not take
+    ranges = tuple(float(v) for v in (*s.rotate, *s.scale_x, *s.scale_y, *s.shift_x, *s.shift_y, *d.hole_height,
+                                      *d.hole_width))
+    return (policy.image_size, float(policy.flip.p), float(s.p), float(d.p), ranges,
+            tuple(int(v) for v in d.num_holes), bool(d.in_pixels))
 
 
 @njit("float64[:, :, ::1](boolean[::1], float64[::1], float64[::1], float64[::1], int64[::1], int64[::1], int64)",
@@ -201,21 +228,19 @@ class NumbaPolicy(Operation):
 
     def generate_code(self):
         my_range = Compiler.get_iterator()
-        p, s, d, size = self.policy, self.policy.ssr, self.policy.dropout, self.policy.image_size
+        p, size = self.policy, self.policy.image_size
         fb0, fb1, fb2 = (float(v) for v in ssr_fill(p))
         fh0, fh1, fh2 = (np.uint8(v) for v in dropout_fill(p))
-        args = (size, float(p.flip.p), float(s.p), float(d.p), float(s.rotate_limit), float(s.scale_limit),
-                float(s.shift_limit), d.hole_height, d.hole_width)
-        hh, hw = d.hole_height, d.hole_width
+        args = _draw_args(p)
         base = np.uint64(self.seed % (1 << 63))
         draw, inverse, seed_from, augment_one = _draw, _inverse_matrices, _seed_from, _augment_one
 
         def policy_op(images, dst, indices):
             seed_from(base, indices.astype(np.int64))
-            flips, ssr, angle, sx, sy, tx, ty, drops, hys, hxs = draw(images.shape[0], *args)
+            flips, ssr, angle, sx, sy, tx, ty, drops, hys, hxs, hhs, hws = draw(images.shape[0], *args)
             m = inverse(ssr, angle, sx, sy, tx, ty, size)
             for i in my_range(images.shape[0]):
-                augment_one(images[i], dst[i], flips[i], m[i], drops[i], hys[i], hxs[i], hh, hw,
+                augment_one(images[i], dst[i], flips[i], m[i], drops[i], hys[i], hxs[i], hhs[i], hws[i],
                             fb0, fb1, fb2, fh0, fh1, fh2)
             return dst
 
@@ -237,10 +262,10 @@ def replay(images: torch.Tensor, params: Params, policy: AugmentPolicy) -> torch
     inverse = np.linalg.inv(forward_matrix(params, policy.image_size).numpy())[:, :2]
     inverse[~p["ssr"]] = 0.0
     fills = (*(float(v) for v in ssr_fill(policy)), *(np.uint8(v) for v in dropout_fill(policy)))
-    d = policy.dropout
+    holes = [np.ascontiguousarray(p[k], dtype=np.int64) for k in ("hole_y", "hole_x", "hole_h", "hole_w")]
     for i in range(len(src)):
         _augment_one(src[i], out[i], bool(p["flip"][i]), np.ascontiguousarray(inverse[i]), bool(p["dropout"][i]),
-                     int(p["hole_y"][i, 0]), int(p["hole_x"][i, 0]), d.hole_height, d.hole_width, *fills)
+                     *(h[i] for h in holes), *fills)
     return torch.from_numpy(out).to(images.device)
 
 
@@ -249,14 +274,11 @@ def sampled_params(n: int, policy: AugmentPolicy, seed: int, device="cpu") -> Pa
     (torch) on a GPU."""
     if default_mode(torch.device(device)) == "torch":
         return sample_params(n, policy, torch.Generator(device=device).manual_seed(seed), device=device)
-    s, d = policy.ssr, policy.dropout
     _seed_from(np.uint64(seed % (1 << 63)), np.arange(1, dtype=np.int64))
-    flips, ssr, angle, sx, sy, tx, ty, drops, hys, hxs = _draw(
-        n, policy.image_size, float(policy.flip.p), float(s.p), float(d.p), float(s.rotate_limit),
-        float(s.scale_limit), float(s.shift_limit), d.hole_height, d.hole_width)
+    flips, ssr, angle, sx, sy, tx, ty, drops, hys, hxs, hhs, hws = _draw(n, *_draw_args(policy))
     t = torch.from_numpy
     return Params(t(flips), t(ssr), t(angle.astype(np.float32)), t(sx.astype(np.float32)), t(sy.astype(np.float32)),
-                  t(tx), t(ty), t(drops), t(hys.reshape(n, 1)), t(hxs.reshape(n, 1)))
+                  t(tx), t(ty), t(drops), t(hys), t(hxs), t(hhs), t(hws))
 
 
 def default_mode(device: torch.device) -> str:
