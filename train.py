@@ -25,11 +25,12 @@ import torch.nn.functional as F
 
 from model import (ACTIVATIONS, ARCHS, DEFAULT_ACTIVATION, PARAMETER_BUDGET, WIDTHS, build_model, count_parameters,
                    layout, whiten_first_conv)
-from model import custom, training
+from model import custom, recipe, training
 from model.checkpoint import (CUSTOM, CheckpointError, checkpoint_activation, checkpoint_weights, load,
                               model_from_checkpoint, require_resumable, save_atomic, write_atomic, write_text_atomic)
 from model.training import AMP_CHOICES, GraphStepper, Stepper, graph_problem, precision
 from pipeline import build_loader, known_loaders
+from pipeline.albu_import import add_policy_arguments, policy_for
 from pipeline.cli import os_error_sentence, run_main
 from pipeline.format import load_split, read_meta
 from pipeline.output import Normalizer, resolve_device
@@ -102,6 +103,7 @@ EXAMPLES = """examples:
   python train.py --data-dir data/cifar10                              the default recipe, 30 epochs
   python train.py --source download --data-dir data/cifar10            convert first (needs network)
   python train.py --model my_net.py:Net --data-dir data/cifar10        your own model
+  python train.py --policy my_policy.py --data-dir data/cifar10       your albumentations Compose
   python train.py --loader torch --epochs 2 --out runs/quick           the albumentations reference loader
   python train.py --out runs/quick --resume                            continue a stopped run
   torchrun --standalone --nproc_per_node 8 train.py --loader dali       eight GPUs
@@ -123,28 +125,32 @@ def build_parser(parser_class=argparse.ArgumentParser):
     data.add_argument("--source", default=None,
                       help="if --data-dir holds no converted data, convert this source into it first "
                            "('download', a cifar-10-batches-py folder, the official tar.gz or an image-folder archive)")
-    data.add_argument("--loader", default="gpu", choices=list(known_loaders()),
+    data.add_argument("--loader", choices=list(known_loaders()),
                       help="data engine: gpu (batched torch ops on a device-resident dataset), torch (albumentations "
                            "on DataLoader workers, the reference), dali, ffcv; pipeline.available_loaders() lists "
                            "those installed")
+    add_policy_arguments(data)
     data.add_argument("--workers", type=int, default=None,
                       help="loader workers: torch DataLoader processes, FFCV threads, DALI threads (default: all "
                            "cores; gpu has none)")
-    recipe = ap.add_argument_group("recipe")
-    recipe.add_argument("--epochs", type=positive_int, default=30, help="training epochs")
-    recipe.add_argument("--batch-size", type=positive_int, default=128, help="images per step (per process)")
-    recipe.add_argument("--lr", type=positive_float, default=0.1, help="peak learning rate (onecycle) or initial (step)")
-    recipe.add_argument("--momentum", type=fraction, default=0.9, help="SGD momentum")
-    recipe.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True, help="Nesterov momentum")
-    recipe.add_argument("--weight-decay", type=non_negative_float, default=5e-4,
+    rec = ap.add_argument_group("recipe")
+    rec.add_argument("--config", default=None, metavar="FILE.toml",
+                        help="a recipe file (TOML, train.py's option names with underscores) on top of "
+                             "recipes/default.toml, which holds every default below; flags override both")
+    rec.add_argument("--epochs", type=positive_int, help="training epochs")
+    rec.add_argument("--batch-size", type=positive_int, help="images per step (per process)")
+    rec.add_argument("--lr", type=positive_float, help="peak learning rate (onecycle) or initial (step)")
+    rec.add_argument("--momentum", type=fraction, help="SGD momentum")
+    rec.add_argument("--nesterov", action=argparse.BooleanOptionalAction, help="Nesterov momentum")
+    rec.add_argument("--weight-decay", type=non_negative_float,
                         help="on convolution and linear weights (not on BatchNorm or biases)")
-    recipe.add_argument("--schedule", choices=["onecycle", "step"], default="onecycle",
+    rec.add_argument("--schedule", choices=["onecycle", "step"],
                         help="learning-rate schedule: OneCycle (linear warm-up and decay) or StepLR")
-    recipe.add_argument("--warmup", type=fraction, default=0.25, help="OneCycle: share of steps spent warming up")
-    recipe.add_argument("--label-smoothing", type=fraction, default=0.1, help="of the cross-entropy targets")
-    recipe.add_argument("--seed", type=int, default=0, help="seeds the weights, the epoch order and the augmentation")
+    rec.add_argument("--warmup", type=fraction, help="OneCycle: share of steps spent warming up")
+    rec.add_argument("--label-smoothing", type=fraction, help="of the cross-entropy targets")
+    rec.add_argument("--seed", type=int, help="seeds the weights, the epoch order and the augmentation")
     model = ap.add_argument_group("model")
-    model.add_argument("--arch", choices=ARCHS, default="c1c2c3c4", help="the built-in net (see --model for your own)")
+    model.add_argument("--arch", choices=ARCHS, help="the built-in net (see --model for your own)")
     model.add_argument("--model", default=None, metavar="FILE.py:NAME",
                        help="train your own model instead of --arch: a Python file (or an importable module) and the "
                             "nn.Module class or factory in it, e.g. my_net.py:Net; called with num_classes=10 where "
@@ -176,20 +182,29 @@ def build_parser(parser_class=argparse.ArgumentParser):
     exp.add_argument("--widths", type=positive_int, nargs=4, metavar=("C1", "C2", "C3", "C4"),
                      help="channels of C1's output and of C2, C3, C4 of a built-in arch (default: c1c2c3c4 "
                           f"{' '.join(map(str, WIDTHS['c1c2c3c4']))}, dilated {' '.join(map(str, WIDTHS['dilated']))})")
-    exp.add_argument("--activation", choices=list(ACTIVATIONS), default=DEFAULT_ACTIVATION,
+    exp.add_argument("--activation", choices=list(ACTIVATIONS),
                      help="the nonlinearity of every layer of a built-in arch (stored in the checkpoint)")
-    exp.add_argument("--ema", type=fraction, default=0.0, metavar="DECAY",
+    exp.add_argument("--ema", type=fraction, metavar="DECAY",
                      help="keep an exponential moving average of the weights (and BatchNorm statistics) with this "
                           "decay per step, e.g. 0.999, and test and save it instead of the last weights; 0 = off")
-    exp.add_argument("--step-size", type=positive_int, default=8, help="StepLR: epochs between decays")
-    exp.add_argument("--gamma", type=positive_float, default=0.1, help="StepLR: decay factor")
+    exp.add_argument("--step-size", type=positive_int, help="StepLR: epochs between decays")
+    exp.add_argument("--gamma", type=positive_float, help="StepLR: decay factor")
     exp.add_argument("--log-samples", action="store_true",
                      help="write the sample indices each process trained on, per epoch (an audit of sharding)")
+    ap.set_defaults(**recipe.load(recipe.DEFAULT, ap))      # the default recipe's numbers live in that file
     return ap
 
 
 def parse_args(argv=None, parser_class=argparse.ArgumentParser):
     ap = build_parser(parser_class)
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--config", default=None)
+    config = first.parse_known_args(argv)[0].config
+    if config is not None:      # the file's values become the defaults, so flags still override them
+        try:
+            ap.set_defaults(**recipe.load(config, ap))
+        except recipe.RecipeError as e:
+            ap.error(str(e))
     args = ap.parse_args(argv)
     if args.workers is not None and args.workers < 0:
         ap.error("--workers must be >= 0")
@@ -516,7 +531,10 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path, resume: bool) -> dict:
         import torch.distributed as tdist
         tdist.barrier()
     meta = read_meta(args.data_dir)
-    policy = AugmentPolicy.from_meta(meta)
+    policy, notes = policy_for(args.data_dir, args.policy, strict=args.strict_policy)
+    if dist.main:
+        for note in notes:
+            print(f"note: {note}")
     seed_everything(args.seed)
 
     options = {}
@@ -558,6 +576,10 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path, resume: bool) -> dict:
                         else "pass the same value")      # a run from before --whiten was the default: --no-whiten
                 raise RunError(f"--resume: the run in {out} used {flag} {before}, not "
                                f"{getattr(args, key)}: {same}.")
+        if AugmentPolicy.from_dict(ckpt["config"]["policy"]) != policy:
+            now = f"--policy {args.policy}" if args.policy else "the project's policy"
+            raise RunError(f"--resume: the run in {out} trained with another augmentation policy than {now}: pass "
+                           f"the --policy it trained with (its config.json holds that policy).")
         # "model" holds the weights that are tested and released: the average when --ema is on
         if getattr(args, "model_object", None) is not None:      # fit(model=an nn.Module): the weights go into it
             tested = checkpoint_weights(ckpt)
@@ -598,6 +620,8 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path, resume: bool) -> dict:
               "model_spec": spec.to_dict() if spec else (
                   {"spec": None, "object": f"{type(net).__module__}.{type(net).__qualname__}"}
                   if getattr(args, "model_object", None) is not None else None),
+              "recipe": [str(recipe.DEFAULT.relative_to(recipe.ROOT)), *([args.config] if args.config else [])],
+              "code": recipe.code_version(),
               "torch": str(torch.__version__), "world_size": dist.world,
               "threads": torch.get_num_threads() if device.type == "cpu" else None}
     if not dist.main:
@@ -622,6 +646,10 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path, resume: bool) -> dict:
           f"{amp_note}; {'channels-last' if args.channels_last else 'contiguous'}"
           f"{'; torch.compile' if args.compile else ''}{'; CUDA graph' if args.cuda_graph else ''}"
           f"{f'; {dist.world} processes (DistributedDataParallel)' if dist.enabled else ''}")
+    code = config["code"]
+    print(f"recipe {' + '.join(config['recipe'])}; code "
+          + (f"{code['commit'][:10]}{' with uncommitted changes' if code['dirty'] else ''}" if code else
+             "outside a git checkout"))
 
     from torch.utils.tensorboard import SummaryWriter
     tb = SummaryWriter(str(out / "tb"), purge_step=start_epoch + 1)
@@ -695,17 +723,22 @@ class Result:
     config: dict
 
 
-def fit(model=None, data_dir="data/cifar10", *, loader: str = "gpu", epochs: int = 30, out=None,
+def fit(model=None, data_dir="data/cifar10", *, loader: str | None = None, epochs: int | None = None, out=None,
         **options) -> Result:
     """Train from Python, as ``python train.py`` does from the command line; raises exceptions, never exits.
 
     ``model``: None (the built-in ``arch`` option, default c1c2c3c4), a spec such as ``"my_net.py:Net"`` (as
-    ``--model``), or an ``nn.Module`` to train in place. ``options`` are train.py's options with underscores
+    ``--model``), or an ``nn.Module`` to train in place. ``loader``, ``epochs`` and every option left out take
+    the recipe's values (recipes/default.toml, or ``config=``). ``options`` are train.py's options with underscores
     (``batch_size=256``, ``amp="off"``, ``resume=True``...). Bad options raise ValueError; bad data DataError;
     a run folder that cannot be used RunError; a checkpoint that cannot be resumed CheckpointError;
     an engine that is not installed LoaderUnavailable. Each sentence says what to do."""
     module = model if isinstance(model, torch.nn.Module) else None
-    argv = ["--data-dir", str(data_dir), "--loader", loader, "--epochs", str(epochs)]
+    argv = ["--data-dir", str(data_dir)]       # loader and epochs: the recipe's (recipes/default.toml) unless given
+    if loader is not None:
+        argv += ["--loader", loader]
+    if epochs is not None:
+        argv += ["--epochs", str(epochs)]
     if out is not None:
         argv += ["--out", str(out)]
     if isinstance(model, str):
@@ -719,7 +752,7 @@ def fit(model=None, data_dir="data/cifar10", *, loader: str = "gpu", epochs: int
         args.arch, args.model_object = CUSTOM, module
         args.whiten = options.get("whiten", False)
         if out is None:
-            args.out = f"runs/{loader}-{type(module).__name__}"
+            args.out = f"runs/{args.loader}-{type(module).__name__}"
     result = run(args)
     final = result["metrics"][-1] if result["metrics"] else {}
     return Result(result["metrics"], Path(result["out"]), final.get("test_acc"), result["model"], result["config"])

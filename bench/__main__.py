@@ -76,8 +76,8 @@ def main(argv=None) -> int:
 
 def _main(argv=None) -> int:
     from pipeline import available_loaders, known_loaders
+    from pipeline.albu_import import add_policy_arguments, policy_for
     from pipeline.format import DataError, read_meta
-    from pipeline.policy import AugmentPolicy
 
     ap = argparse.ArgumentParser(
         prog="python -m bench",
@@ -98,6 +98,7 @@ def _main(argv=None) -> int:
     ap.add_argument("--e2e-batches", type=int, default=None,
                     help="time end-to-end training on this many batches per engine and scale to an epoch "
                          "(default: one full epoch; --quick: 4)")
+    add_policy_arguments(ap)
     args = ap.parse_args(argv)
     if args.batch_size is None:
         args.batch_size = 256 if args.quick else 512
@@ -108,6 +109,7 @@ def _main(argv=None) -> int:
     try:
         device = choose_device(args.device)
         meta = read_meta(args.data_dir)
+        policy, notes = policy_for(args.data_dir, args.policy, strict=args.strict_policy)
     except (DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -125,12 +127,16 @@ def _main(argv=None) -> int:
     scaling = "128,512" if args.quick else "128,256,512,1024,2048"
     out_dir = Path(args.out)
     common = ["--data-dir", str(args.data_dir), "--device", device, "--batch-size", str(args.batch_size)]
+    if args.policy:
+        common += ["--policy", str(args.policy), *(["--strict-policy"] if args.strict_policy else [])]
+    for note in notes:
+        print(f"note: {note}")
 
     from model import build_model, count_parameters
     from model.training import precision
     result = {
         "date": dt.datetime.now().isoformat(timespec="seconds"), "device": desc, "device_kind": device,
-        "versions": versions(), "policy": AugmentPolicy.from_meta(meta).to_dict(),
+        "versions": versions(), "policy": policy.to_dict(), "policy_file": args.policy,
         "data": {"dir": str(args.data_dir), "train": meta["counts"]["train"], "source": meta["source"]},
         "settings": {"batch_size": args.batch_size, "repeats": repeats, "quick": args.quick, "scaling": scaling,
                      "model": "c1c2c3c4", "parameters": count_parameters(build_model()),

@@ -40,12 +40,14 @@ def peak_host_rss_mb() -> float:
 
 
 OPTIONS: dict = {}   # engine options from --options, e.g. mode=numba
+POLICY: dict = {}    # {"policy": the AugmentPolicy of --policy}; empty: the project's
 TRAIN_BATCH = 128    # train.py's default batch size: the bound is also measured there (kernel launches weigh more)
 
 
 def _loader(name, data_dir, batch_size, device, seed=0, augment=True):
     from pipeline import build_loader
-    return build_loader(name, data_dir, "train", batch_size, device=device, seed=seed, augment=augment, **OPTIONS)
+    return build_loader(name, data_dir, "train", batch_size, device=device, seed=seed, augment=augment, **POLICY,
+                        **OPTIONS)
 
 
 def epoch_throughput(loader, device, max_batches=None) -> tuple[float, int]:
@@ -230,8 +232,13 @@ def main(argv=None) -> int:
     ap.add_argument("--bound-variants", default="all", choices=["all", "quick"])
     ap.add_argument("--profile-dir", default=None)
     ap.add_argument("--options", default="", help="engine options, k=v,k=v (e.g. mode=numba)")
+    ap.add_argument("--policy", default=None, help="a policy file (as train.py --policy); default: the project's")
+    ap.add_argument("--strict-policy", action="store_true")
     args = ap.parse_args(argv)
     OPTIONS.update(kv.split("=", 1) for kv in args.options.split(",") if kv)
+    if args.policy:
+        from pipeline.albu_import import policy_for
+        POLICY["policy"] = policy_for(args.data_dir, args.policy, strict=args.strict_policy)[0]
     device = torch.device(args.device)
     from pipeline.format import read_meta
     train_size = read_meta(args.data_dir)["counts"]["train"]

@@ -70,7 +70,8 @@ def markdown(result: dict) -> str:
              f"{r['data']['train']:,} training images ({r['data']['dir']}) · {r['settings']['precision']}"
              + (" · **quick** run" if r["settings"]["quick"] else ""), "",
              f"Model: {r['settings']['model']} ({r['settings']['parameters']:,} parameters). "
-             f"Figures are means over repeats (min–max in brackets); ratios are computed from these figures.", "",
+             f"Figures are means over repeats (min–max in brackets); ratios are computed from these figures."
+             + (f" Augmentation policy: `{r['policy_file']}` (`--policy`)." if r.get("policy_file") else ""), "",
              "## Loader-only throughput and end-to-end epoch", "",
              "| engine | loader-only img/s | speed-up vs torch | end-to-end epoch s | end-to-end / bound | peak device MB | peak host RSS MB |",
              "| --- | --- | --- | --- | --- | --- | --- |"]

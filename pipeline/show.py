@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 
 
-def augmented_pairs(loader_name: str, data_dir, count: int, seed: int, device="cpu"):
-    """(sources, augmented, labels) of ``count`` images from the engine's first training batch."""
+def augmented_pairs(loader_name: str, data_dir, count: int, seed: int, device="cpu", policy=None):
+    """(sources, augmented, labels) of ``count`` images from the engine's first training batch (with ``policy``,
+    or the project's)."""
     from pipeline import build_loader
     from pipeline.format import load_split
 
     loader = build_loader(loader_name, data_dir, "train", count, device=device, seed=seed,
-                          normalize=False, return_index=True)
+                          normalize=False, return_index=True, policy=policy)
     images, labels, idx = next(iter(loader))
     split, meta = load_split(data_dir, "train")
     sources = np.asarray(split.images[idx.cpu().numpy()])
@@ -48,6 +50,7 @@ def save_grid(path, sources, augmented, labels, classes, title: str, cols: int =
 
 def main(argv=None) -> int:
     from pipeline import known_loaders
+    from pipeline.albu_import import add_policy_arguments, policy_for
     from pipeline.cli import run_main
     from pipeline.output import resolve_device
 
@@ -60,15 +63,20 @@ def main(argv=None) -> int:
     ap.add_argument("--count", type=int, default=16, help="number of image pairs (default 16)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
+    add_policy_arguments(ap)
     args = ap.parse_args(argv)
     if args.count < 1:
         ap.error("--count must be at least 1")
 
     def body():
+        policy, notes = policy_for(args.data_dir, args.policy, strict=args.strict_policy)
+        for note in notes:
+            print(f"note: {note}")
         sources, augmented, labels, classes = augmented_pairs(args.loader, args.data_dir, args.count,
-                                                              args.seed, resolve_device(args.device))
+                                                              args.seed, resolve_device(args.device), policy)
+        what = f", --policy {Path(args.policy).name}" if args.policy else ""
         save_grid(args.out, sources, augmented, labels, classes,
-                  f"--loader {args.loader}: source | augmented (seed {args.seed})")
+                  f"--loader {args.loader}{what}: source | augmented (seed {args.seed})")
         print(f"wrote {args.out}")
     return run_main(body)
 

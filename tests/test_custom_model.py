@@ -39,7 +39,8 @@ def test_a_students_network_trains_evaluates_and_refuses_a_changed_file(mini_dir
     net_file = tmp_path / "my_net.py"
     shutil.copy(STUDENT, net_file)
     out = tmp_path / "run"
-    common = ("--model", f"{net_file}:Net", "--data-dir", mini_dir, "--epochs", 2, "--out", out)
+    common = ("--model", f"{net_file}:Net", "--data-dir", mini_dir, "--epochs", 2, "--out", out,
+              "--amp", "off")      # fp32, as model.evaluate scores: on a CPU with native bf16, auto would train in bf16
     with monkeypatch.context() as m:        # epoch 1 of 2, then Ctrl-C: the run keeps epoch 1's checkpoint
         interrupt_epoch(m, 2)
         stopped = train(*common)

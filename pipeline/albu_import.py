@@ -1,0 +1,387 @@
+"""Bring your own albumentations pipeline: an ``A.Compose``, or a file that holds one, becomes an AugmentPolicy.
+
+What maps, read from the transforms of albumentations 2.0.8, in this order, each at most once:
+
+- ``HorizontalFlip(p)``;
+- ``ShiftScaleRotate``, or ``Affine`` where it is a shift-scale-rotate: no shear, shifts as ``translate_percent``,
+  no ``keep_ratio``/``fit_output``/``balanced_scale``, bilinear, a constant border;
+- ``CoarseDropout``: the number of holes, their height and width ranges (pixels or fractions of the side);
+- ``Normalize`` (standard): the policy's mean and std; ``ToTensorV2`` may close the pipeline.
+
+A fill (border or hole) is a constant in pixel units, or the dataset mean (a fill equal to the Normalize mean, in
+pixel units or, as people often write it, in 0..1 units). Anything else (another transform, shear, a reflect
+border, nearest interpolation, a random fill, ...) is refused with one sentence naming the transform and the
+argument: never a silent approximation.
+
+albumentations 2 ignores its 1.x keywords (``max_holes``, ``fill_value``, ``value``, ...) with only a warning and
+keeps its own defaults, which a transform object cannot undo: it keeps the keywords' names
+(``invalid_args``), not their values. So ``load_policy`` records the keywords each transform is built with while
+it runs a user's Python file and maps the 1.x ones to what they meant, one note per argument; with ``strict`` it
+refuses them instead. A Compose handed over as an object whose transforms lost arguments is refused, naming them
+and their 2.x spelling.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import runpy
+import warnings
+from pathlib import Path
+
+from pipeline.policy import AugmentPolicy, CoarseDropout, HorizontalFlip, ShiftScaleRotate
+
+MAPPED = ("HorizontalFlip", "ShiftScaleRotate", "Affine", "CoarseDropout", "Normalize")
+_ORDER = {"HorizontalFlip": 0, "ShiftScaleRotate": 1, "Affine": 1, "CoarseDropout": 2, "Normalize": 3,
+          "ToTensorV2": 4}
+_LINEAR, _CONSTANT = 1, 0           # cv2.INTER_LINEAR, cv2.BORDER_CONSTANT
+_INTERPOLATIONS = {0: "nearest", 1: "bilinear", 2: "bicubic", 3: "area", 4: "lanczos4"}
+_BORDERS = {0: "constant", 1: "replicate", 2: "reflect", 3: "wrap", 4: "reflect_101"}
+_MEAN_TOLERANCE = 0.5               # pixel units: a fill this close to the mean is the mean
+
+# albumentations 1.x keywords that 2.x ignores, per transform, and the 2.x argument each one feeds
+_V1 = {
+    "CoarseDropout": {"max_holes": "num_holes_range", "min_holes": "num_holes_range",
+                      "max_height": "hole_height_range", "min_height": "hole_height_range",
+                      "max_width": "hole_width_range", "min_width": "hole_width_range",
+                      "fill_value": "fill", "mask_fill_value": "fill_mask"},
+    "ShiftScaleRotate": {"value": "fill", "mask_value": "fill_mask"},
+    "Affine": {"cval": "fill", "cval_mask": "fill_mask", "mode": "border_mode"},
+}
+_ANY_V1 = {"always_apply": "p"}
+_V1_RANGES = {"num_holes_range": ("min_holes", "max_holes"), "hole_height_range": ("min_height", "max_height"),
+              "hole_width_range": ("min_width", "max_width")}
+_V1_MAX_DEFAULT = 8                 # 1.x CoarseDropout's max_holes, max_height, max_width; each min defaulted to its max
+
+
+class PolicyError(ValueError):
+    """An albumentations pipeline or policy file that cifarflow cannot reproduce exactly; one sentence."""
+
+
+def from_albumentations(compose, *, mean=None, std=None, strict: bool = False,
+                        source: str = "the Compose") -> tuple[AugmentPolicy, list[str]]:
+    """(the policy an ``A.Compose`` describes, one note per 1.x argument that was mapped).
+
+    ``mean``/``std`` (pixel units) are the dataset's, used where the Compose has no Normalize."""
+    import albumentations as A
+
+    if type(compose) is not A.Compose:
+        kind = type(compose).__name__
+        raise PolicyError(f"{source} is a {kind}, not an albumentations Compose: wrap the transforms in "
+                          f"A.Compose([...]) (OneOf, SomeOf and the like draw transforms no engine reproduces).")
+    if compose.p != 1:
+        raise PolicyError(f"{source}: Compose(p={compose.p}) skips the whole pipeline at random; the engines "
+                          f"apply it to every image: leave p at 1.")
+    notes: list[str] = []
+    found: dict[str, dict] = {}
+    last = -1
+    for t in compose.transforms:
+        name = type(t).__name__
+        if name not in _ORDER:
+            raise PolicyError(f"{source}: {name} is not a transform cifarflow's engines reproduce; they reproduce "
+                              f"HorizontalFlip, ShiftScaleRotate (or Affine as one), CoarseDropout and Normalize: "
+                              f"remove it.")
+        stage = _ORDER[name]
+        if stage <= last:
+            raise PolicyError(f"{source}: {name} comes after a transform the engines apply after it, or twice; "
+                              f"they apply HorizontalFlip, then ShiftScaleRotate (or Affine), then CoarseDropout, "
+                              f"then Normalize, each at most once: reorder the Compose.")
+        last = stage
+        if name == "ToTensorV2":
+            continue
+        found[name if stage != 1 else "ssr"] = _arguments(t, strict, notes)
+
+    norm = found.get("Normalize")
+    if norm is not None:
+        mean, std = _normalize(norm)
+    elif mean is None or std is None:
+        raise PolicyError(f"{source} has no Normalize: give the dataset's mean and std (train.py and the other "
+                          f"commands take them from the converted data).")
+    mean = tuple(float(v) for v in mean)
+    parts = {"flip": HorizontalFlip(p=0.0), "ssr": ShiftScaleRotate(p=0.0), "dropout": CoarseDropout(p=0.0)}
+    if "HorizontalFlip" in found:
+        parts["flip"] = HorizontalFlip(p=float(found["HorizontalFlip"]["p"]))
+    if "ssr" in found:
+        parts["ssr"] = _shift_scale_rotate(found["ssr"], mean, strict, notes)
+    if "CoarseDropout" in found:
+        parts["dropout"] = _dropout(found["CoarseDropout"], mean, strict, notes)
+    try:
+        return AugmentPolicy(mean=mean, std=tuple(float(v) for v in std), **parts), notes
+    except ValueError as e:
+        raise PolicyError(f"{source}: {e}") from None
+
+
+def load_policy(path, *, mean=None, std=None, strict: bool = False) -> tuple[AugmentPolicy, list[str]]:
+    """A policy file: JSON (``AugmentPolicy.to_json``'s form; mean and std may be left out for the dataset's), or a
+    Python file whose ``policy`` or ``transform`` is an ``A.Compose`` (or an AugmentPolicy). Returns the policy and
+    the notes of the 1.x arguments that were mapped."""
+    path = Path(path)
+    if not path.is_file():
+        raise PolicyError(f"policy file {path} does not exist: pass a .json policy or a .py file that defines "
+                          f"`transform` (an albumentations Compose).")
+    if path.suffix == ".py":
+        return _load_python(path, mean, std, strict)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PolicyError(f"policy file {path} is neither a .py file nor valid JSON ({e}).") from None
+    if not isinstance(d, dict):
+        raise PolicyError(f"policy file {path} holds JSON that is not an object.")
+    for key, value in (("mean", mean), ("std", std)):
+        if key not in d:
+            if value is None:
+                raise PolicyError(f"policy file {path} has no {key!r}: add it, or convert data to take it from.")
+            d[key] = list(value)
+    try:
+        return AugmentPolicy.from_dict(d), []
+    except ValueError as e:
+        raise PolicyError(f"policy file {path}: {e}") from None
+
+
+def _load_python(path: Path, mean, std, strict: bool) -> tuple[AugmentPolicy, list[str]]:
+    with _recording(), warnings.catch_warnings():
+        # albumentations' own warnings about these arguments: the notes below say what happened to each
+        warnings.filterwarnings("ignore", message=r"Argument\(s\) .* are not valid for transform")
+        warnings.filterwarnings("ignore", message=r"ShiftScaleRotate is a special case of Affine")
+        try:
+            namespace = runpy.run_path(str(path), run_name="cifarflow_policy")
+        except SystemExit:
+            raise PolicyError(f"policy file {path} called exit() while it was read.") from None
+        except Exception as e:      # noqa: BLE001  the user's code: its failure becomes a sentence naming the file
+            raise PolicyError(f"policy file {path} failed to run ({type(e).__name__}: {e}).") from None
+    for name in ("policy", "transform"):
+        value = namespace.get(name)
+        if isinstance(value, AugmentPolicy):
+            return value, []
+        if value is not None:
+            return from_albumentations(value, mean=mean, std=std, strict=strict, source=f"{path}'s `{name}`")
+    raise PolicyError(f"policy file {path} defines neither `policy` nor `transform`: assign your A.Compose to "
+                      f"`transform`.")
+
+
+@contextlib.contextmanager
+def _recording():
+    """While active, each mapped transform built keeps the arguments it was written with (``_cifarflow_written``);
+    a subclass's call into its parent's __init__ (ShiftScaleRotate into Affine's) records nothing."""
+    import albumentations as A
+
+    saved = []
+    for name in MAPPED:
+        cls = getattr(A, name)
+        own = cls.__dict__.get("__init__")
+        saved.append((cls, own))
+        cls.__init__ = _recorder(cls, own or cls.__init__)
+    try:
+        yield
+    finally:
+        for cls, own in saved:
+            if own is None:
+                del cls.__init__
+            else:
+                cls.__init__ = own
+
+
+def _recorder(cls, init):
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        if type(self) is cls:
+            self._cifarflow_written = (args, dict(kwargs))
+    __init__.__signature__ = getattr(init, "__signature__", None)
+    return __init__
+
+
+def _arguments(t, strict: bool, notes: list[str]) -> dict:
+    """The transform's 2.x arguments, as attributes of a transform built with them: the object's own, or, where
+    it was written with 1.x keywords (recorded by ``_recording``), a twin built with their 2.x spelling."""
+    name = type(t).__name__
+    lost = list(getattr(t, "invalid_args", None) or [])
+    written = getattr(t, "_cifarflow_written", None)
+    if lost and written is None:
+        raise PolicyError(f"{name} was built with {', '.join(lost)}, which albumentations 2 ignored (it kept its "
+                          f"defaults instead): {_spelling(name, lost)}; or pass the file that builds it "
+                          f"(--policy FILE.py), whose arguments cifarflow reads and maps.")
+    if lost:
+        args, kwargs = written
+        kwargs = _translate(name, dict(kwargs), strict, notes)
+        kwargs.pop("strict", None)
+        t = type(t)(*args, **kwargs, strict=True)
+    return vars(t)
+
+
+def _spelling(name: str, lost: list[str]) -> str:
+    table = {**_V1.get(name, {}), **_ANY_V1}
+    known = [f"{a} -> {table[a]}" for a in lost if a in table]
+    unknown = [a for a in lost if a not in table]
+    parts = []
+    if known:
+        parts.append("write " + ", ".join(known))
+    if unknown:
+        parts.append(f"{', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not an argument of {name} in "
+                     f"any version")
+    return "; ".join(parts)
+
+
+def _translate(name: str, kw: dict, strict: bool, notes: list[str]) -> dict:
+    """1.x keywords -> their 2.x spelling, a note each; a keyword of no version is refused."""
+    import inspect
+
+    import albumentations as A
+
+    table = {**_V1.get(name, {}), **_ANY_V1}
+    valid = set(inspect.signature(getattr(A, name)).parameters) | {"strict"}
+    stray = [k for k in kw if k not in valid and k not in table]
+    if stray:
+        raise PolicyError(f"{name}: {', '.join(stray)} {'is' if len(stray) == 1 else 'are'} not an argument of "
+                          f"{name} in albumentations 1.x or 2.x: check the spelling.")
+    old = [k for k in kw if k in table]
+    if strict and old:
+        raise PolicyError(f"{name}: {', '.join(old)} {'is' if len(old) == 1 else 'are'} albumentations 1.x, which "
+                          f"2.x ignores (strict): {_spelling(name, old)}.")
+    for new in {table[k] for k in old}:
+        if new in kw:
+            both = [k for k in old if table[k] == new]
+            raise PolicyError(f"{name} is given both {new} and its 1.x spelling {', '.join(both)}: keep {new}.")
+
+    def note(arg, new, value):
+        notes.append(f"{name}: {arg}={kw[arg]!r} is albumentations 1.x (2.x ignores it): read as {new}={value!r}")
+
+    if name == "CoarseDropout" and any(k in kw for pair in _V1_RANGES.values() for k in pair):
+        for new, (lo_key, hi_key) in _V1_RANGES.items():
+            if lo_key in kw or hi_key in kw:
+                hi = kw.get(hi_key, _V1_MAX_DEFAULT)
+                lo = kw.get(lo_key) if kw.get(lo_key) is not None else hi
+                for arg in (lo_key, hi_key):
+                    if arg in kw:
+                        note(arg, new, (lo, hi))
+                kw.pop(lo_key, None), kw.pop(hi_key, None)
+                kw[new] = (lo, hi)
+            elif new not in kw:     # written in 1.x, so 1.x's default is what the user meant, not 2.x's
+                kw[new] = (_V1_MAX_DEFAULT, _V1_MAX_DEFAULT)
+                notes.append(f"{name}: {hi_key} not given, beside 1.x keywords: read as 1.x's default "
+                             f"{new}={kw[new]!r}")
+    for arg in [k for k in kw if k in table]:
+        new = table[arg]
+        if arg == "always_apply":
+            value = kw.pop(arg)
+            if value:
+                kw["p"] = 1.0
+                notes.append(f"{name}: always_apply=True is albumentations 1.x (2.x ignores it): read as p=1.0")
+            else:
+                notes.append(f"{name}: always_apply=False is albumentations 1.x's default: dropped")
+            continue
+        note(arg, new, kw[arg])
+        kw[new] = kw.pop(arg)
+    return kw
+
+
+def _normalize(a: dict) -> tuple[tuple, tuple]:
+    if a.get("normalization", "standard") != "standard":
+        raise PolicyError(f"Normalize(normalization={a['normalization']!r}): the engines normalize by a mean and "
+                          f"std ('standard').")
+    if a["p"] != 1:
+        raise PolicyError(f"Normalize(p={a['p']}): the engines normalize every image: leave p at 1.")
+    scale = float(a["max_pixel_value"])
+
+    def three(v, what):
+        v = [float(x) for x in (v if isinstance(v, (tuple, list)) else [v])]
+        if len(v) == 1:
+            v = v * 3
+        if len(v) != 3:
+            raise PolicyError(f"Normalize's {what} needs one value or one per channel (3), not {len(v)}.")
+        return tuple(x * scale for x in v)
+    return three(a["mean"], "mean"), three(a["std"], "std")
+
+
+def _fill(value, mean: tuple, where: str, strict: bool, notes: list[str]):
+    """A fill as the policy holds it: "mean", or three constants in pixel units."""
+    if isinstance(value, str):
+        raise PolicyError(f"{where} fill={value!r}: the engines fill with a constant or the dataset mean.")
+    values = list(value) if isinstance(value, (tuple, list)) else [value]
+    try:
+        values = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise PolicyError(f"{where} fill={value!r}: a fill is a number, or one per channel.") from None
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3:
+        raise PolicyError(f"{where} fill={value!r}: one value, or one per channel (3).")
+    if all(abs(v - m) <= _MEAN_TOLERANCE for v, m in zip(values, mean)):
+        return "mean"
+    if all(v <= 1 for v in values) and all(abs(v * 255 - m) <= _MEAN_TOLERANCE for v, m in zip(values, mean)):
+        if strict:
+            raise PolicyError(f"{where} fill={value!r} is the dataset mean in 0..1 units, but a fill is in pixel "
+                              f"units (0..255) and albumentations fills with 0 (strict): write the mean times 255.")
+        notes.append(f"{where} fill={_short(value)} is the dataset mean in 0..1 units; a fill is in pixel units, "
+                     f"where albumentations would fill with 0: read as the dataset mean")
+        return "mean"
+    return tuple(values)
+
+
+def _short(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return "(" + ", ".join(f"{float(v):.4g}" for v in value) + ")"
+    return f"{value!r}"
+
+
+def _shift_scale_rotate(a: dict, mean: tuple, strict: bool, notes: list[str]) -> ShiftScaleRotate:
+    name = "ShiftScaleRotate" if "shift_limit_x" in a else "Affine"
+
+    def refuse(arg, why):
+        raise PolicyError(f"{name} {arg}: {why}.")
+
+    if any(tuple(v) != (0.0, 0.0) for v in a["shear"].values()):
+        refuse(f"shear={a['shear']}", "the engines' warp has no shear; leave shear at 0")
+    px = a.get("translate_px")
+    if px is not None and any(tuple(v) != (0, 0) for v in px.values()):
+        refuse(f"translate_px={px}", "give shifts as translate_percent (fractions of the side), as the engines "
+                                     "draw them")
+    for flag in ("fit_output", "keep_ratio", "balanced_scale"):
+        if a.get(flag):
+            refuse(f"{flag}=True", "the engines warp into the same 32x32 frame with x and y scales drawn apart; "
+                                   "leave it False")
+    if a["interpolation"] != _LINEAR:
+        refuse(f"interpolation={a['interpolation']} ({_INTERPOLATIONS.get(a['interpolation'], '?')})",
+               "the engines interpolate bilinearly (cv2.INTER_LINEAR)")
+    if a["border_mode"] != _CONSTANT:
+        refuse(f"border_mode={a['border_mode']} ({_BORDERS.get(a['border_mode'], '?')})",
+               "the engines fill the border with a constant (cv2.BORDER_CONSTANT)")
+    shift = a.get("translate_percent") or {"x": (0.0, 0.0), "y": (0.0, 0.0)}
+    return ShiftScaleRotate(p=float(a["p"]), shift_x=shift["x"], shift_y=shift["y"], scale_x=a["scale"]["x"],
+                            scale_y=a["scale"]["y"], rotate=a["rotate"],
+                            fill=_fill(a["fill"], mean, name, strict, notes))
+
+
+def _dropout(a: dict, mean: tuple, strict: bool, notes: list[str]) -> CoarseDropout:
+    h, w = a["hole_height_range"], a["hole_width_range"]
+    pixels = h[1] >= 1      # albumentations reads both ranges as pixels, or both as fractions, by the height's top
+    if pixels and not all(float(v).is_integer() for v in (*h, *w)):
+        raise PolicyError(f"CoarseDropout hole_height_range={tuple(h)}, hole_width_range={tuple(w)}: with a height "
+                          f"of 1 or more both ranges are whole pixels; give fractions below 1 for both, or whole "
+                          f"pixels for both.")
+    if not pixels and not all(0 < v < 1 for v in (*h, *w)):
+        raise PolicyError(f"CoarseDropout hole_height_range={tuple(h)}, hole_width_range={tuple(w)}: with a height "
+                          f"below 1 both ranges are fractions of the side in (0, 1).")
+    kind = int if pixels else float
+    return CoarseDropout(p=float(a["p"]), num_holes=tuple(a["num_holes_range"]),
+                         hole_height=tuple(kind(v) for v in h), hole_width=tuple(kind(v) for v in w),
+                         fill=_fill(a["fill"], mean, "CoarseDropout", strict, notes))
+
+
+def policy_for(data_dir, path=None, *, strict: bool = False) -> tuple[AugmentPolicy, list[str]]:
+    """The policy a command runs with: the project's with the converted data's mean and std, or the one in the
+    policy file ``path`` (its Normalize, else the data's mean and std); and the notes of mapped 1.x arguments."""
+    from pipeline.format import read_meta
+    meta = read_meta(data_dir)
+    if path is None:
+        return AugmentPolicy.from_meta(meta), []
+    return load_policy(path, mean=meta["mean"], std=meta["std"], strict=strict)
+
+
+def add_policy_arguments(parser) -> None:
+    """``--policy FILE`` and ``--strict-policy``, as every command that augments takes them."""
+    parser.add_argument("--policy", default=None, metavar="FILE",
+                        help="your augmentation policy instead of the project's: a .py file whose `transform` is an "
+                             "albumentations Compose (1.x keywords such as max_holes are mapped, one note each), or "
+                             "a .json policy; what no engine reproduces is refused")
+    parser.add_argument("--strict-policy", action="store_true",
+                        help="refuse albumentations 1.x keywords in --policy instead of mapping them")
