@@ -14,7 +14,7 @@
 #   PYTHON=.venv/bin/python EPOCHS=1 DATA=data/mini RECIPES='default|c1c2c3c4|0 1|' bash bench/gpu_accuracy.sh
 #       (a check on a CPU; python3 from PATH is the device machine's, which has torch)
 #   RESUME='gpu/gpu-accuracy.tgz gpu/checkpoints-c1c2c3c4-e30.tgz' BUDGET=560 bash bench/gpu_accuracy.sh
-#       goes on with the runs a budget stopped in an earlier call, even one of an earlier session (a fresh
+#       goes on with the runs a budget stopped in an earlier call, even one made earlier (a fresh
 #       machine): save that call's archives here in a git-ignored folder (gpu/ above), carry it, give the same
 #       RECIPES (and WORK); unpacked first, the runs resume from their last epoch's checkpoint
 #   CHECKS=0 ...   no CUDA tests or parity check beside the runs (the gpu engine's tests and parity run only where
