@@ -143,11 +143,12 @@ def test_cuda_batches_never_make_the_host_wait(mini_dir):
     """Past the first batch, drawing and augmenting a batch on the GPU queues work and never synchronizes
     (a singularity check of an inverse, or a tensor made from host values, would make the host wait for the
     GPU at every batch, and expose the launch time of every training step behind it)."""
-    it = iter(build_loader("gpu", mini_dir, "train", 256, device="cuda", seed=0))
-    next(it)                                    # the epoch's permutation and the cached constants
+    # chunks of two batches: the next chunk is made on the side stream during the batches below
+    it = iter(build_loader("gpu", mini_dir, "train", 256, device="cuda", seed=0, chunk=512))
+    next(it)                                    # the epoch's permutation and parameters, the cached constants
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for _ in range(3):
+        for _ in range(5):
             x, y = next(it)
     finally:
         torch.cuda.set_sync_debug_mode("default")
@@ -166,3 +167,30 @@ def test_augment_constants_are_made_once_per_device(mini_dir):
         next(it)
     assert (ops.channel_constant.cache_info().misses, params.pixel_to_normalized.cache_info().misses) == made
     assert ops.channel_constant.cache_info().hits >= 6
+
+
+def _epoch(data_dir, epoch=2, **options):
+    loader = build_loader("gpu", data_dir, "train", 100, seed=3, return_index=True, **options)
+    loader.set_epoch(epoch)
+    xs, ys, ids = zip(*list(loader))
+    return torch.cat(xs), torch.cat(ys), torch.cat(ids), [len(y) for y in ys]
+
+
+@pytest.mark.parametrize("options", [{}, {"drop_last": True}, {"shard": (1, 3)}])
+def test_the_chunk_size_never_changes_the_epoch(tiny_dir, options):
+    """chunk=batch size is the per-batch path; any other chunk (whole batches, or not) gives the same batches of
+    the same samples with the same pixels."""
+    per_batch = _epoch(tiny_dir, chunk=100, **options)
+    for chunk in (250, 300, 10_000):
+        other = _epoch(tiny_dir, chunk=chunk, **options)
+        assert other[3] == per_batch[3]
+        assert all(torch.equal(a, b) for a, b in zip(other[:3], per_batch[:3])), chunk
+    assert not torch.equal(_epoch(tiny_dir, epoch=3, chunk=300)[0], _epoch(tiny_dir, chunk=300)[0])
+
+
+def test_chunk_is_whole_batches_and_bounded(tiny_dir):
+    loader = build_loader("gpu", tiny_dir, "train", 100, chunk=250)
+    assert loader.chunk == 200 and loader.chunk_bytes() == 200 * 3 * 32 * 32 * 4
+    assert build_loader("gpu", tiny_dir, "train", 100, chunk=50).chunk == 100
+    with pytest.raises(ValueError, match="chunk must be a positive number"):
+        build_loader("gpu", tiny_dir, "train", 100, chunk=0)

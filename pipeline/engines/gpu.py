@@ -1,10 +1,14 @@
 """The ``gpu`` engine: the policy as batched PyTorch ops on a dataset resident on the device.
 
 The converted arrays are copied to the device once, as one uint8 tensor (the CPU when there is no GPU).
-Each epoch is a permutation drawn from a seeded ``torch.Generator`` on that device; each batch draws
-its per-sample parameters (``pipeline.params.sample_params``) and runs ``pipeline.ops.apply`` (flip,
-affine_grid + grid_sample with the mean border, hole mask; float conversion, normalization and
-channels-last in the same pass): no DataLoader, no per-sample Python loop.
+Each epoch is a permutation drawn from a seeded ``torch.Generator`` on that device, and the per-sample
+parameters of the whole epoch are drawn with it in one call (``pipeline.params.sample_params``). The epoch is
+augmented in chunks of ``chunk`` images (``pipeline.ops.apply``: flip, affine_grid + grid_sample with the fill
+border, hole mask; float conversion, normalization and channels-last in the same pass), and batches are slices
+of a chunk: a dozen kernel launches per chunk instead of per batch. On CUDA the next chunk is made on a side
+stream while the step consumes the current one (the streams wait on events, the host never waits). A sample's
+pixels depend only on its parameters, so the chunk size never changes the epoch: ``chunk=batch_size`` is the
+per-batch path, with the same batches.
 """
 from __future__ import annotations
 
@@ -20,11 +24,15 @@ from pipeline.params import Params, sample_params
 from pipeline.policy import AugmentPolicy
 
 
+DEFAULT_CHUNK = 8192      # images augmented in one pass: about 100 MB of float32 output per chunk
+
+
 class GpuLoader:
     """One epoch per ``iter()``; the epoch number advances after each, or is set with ``set_epoch``."""
 
     def __init__(self, data_dir, split, batch_size, *, device, policy: AugmentPolicy, augment, seed,
-                 normalize, return_index, shuffle=None, drop_last=False, shard=(0, 1), compile=False):
+                 normalize, return_index, shuffle=None, drop_last=False, shard=(0, 1), compile=False,
+                 chunk: int | None = None):
         data, _ = load_split(data_dir, split)
         self.images = torch.from_numpy(np.array(data.images)).to(device)   # read once, resident
         self.labels = torch.from_numpy(np.array(data.labels)).to(device)
@@ -35,6 +43,13 @@ class GpuLoader:
         self.output = Normalizer(policy, device, normalize)
         self.apply = torch.compile(apply, dynamic=False) if compile else apply
         self._next_epoch = 0
+        chunk = DEFAULT_CHUNK if chunk is None else chunk
+        if isinstance(chunk, str):      # from a command line's k=v options
+            chunk = int(chunk) if chunk.isdigit() else 0
+        if not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"chunk must be a positive number of images, not {chunk!r}.")
+        # whole batches per chunk, at least one
+        self.chunk = max(1, chunk // batch_size) * batch_size
 
     def set_epoch(self, epoch: int) -> None:
         self._next_epoch = epoch
@@ -46,6 +61,10 @@ class GpuLoader:
         n = self._num_local()
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
+    def chunk_bytes(self) -> int:
+        """Device memory of one augmented chunk; at most two are alive (the one served, the next being made)."""
+        return self.chunk * 3 * self.policy.image_size ** 2 * (4 if self.output.normalize else 1)
+
     def __iter__(self):
         epoch, self._next_epoch = self._next_epoch, self._next_epoch + 1
         gen = torch.Generator(device=self.device).manual_seed(epoch_seed(self.seed, epoch))
@@ -53,14 +72,45 @@ class GpuLoader:
         order = torch.randperm(n, generator=gen, device=self.device) if self.shuffle else \
             torch.arange(n, device=self.device)
         order = order[self.rank::self.world]
-        for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            images = self.images[idx]
-            if self.augment:
-                x = self.output.pixels(self.apply(images, sample_params(len(idx), self.policy, gen), self.policy))
-            else:
-                x = self.output(images)
-            yield (x, self.labels[idx], idx) if self.return_index else (x, self.labels[idx])
+        used = len(self) * self.batch_size if self.drop_last else len(order)
+        order = order[:used]
+        if not self.augment:
+            for b in range(len(self)):
+                idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+                x = self.output(self.images[idx])
+                yield (x, self.labels[idx], idx) if self.return_index else (x, self.labels[idx])
+            return
+        params = sample_params(len(order), self.policy, gen)        # the whole epoch's, in one draw
+        cuda = self.device.type == "cuda"
+        side = torch.cuda.Stream(self.device) if cuda else None
+
+        def make(start):
+            """The chunk at ``start``, augmented (on the side stream on CUDA, after what the main stream queued)."""
+            idx = order[start:start + self.chunk]
+            if not cuda:
+                return self.output.pixels(self.apply(self.images[idx], params.select(slice(start, start + len(idx))),
+                                                     self.policy)), None
+            main = torch.cuda.current_stream(self.device)
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                x = self.output.pixels(self.apply(self.images[idx], params.select(slice(start, start + len(idx))),
+                                                  self.policy))
+                ready = torch.cuda.Event()
+                ready.record(side)
+            x.record_stream(main)       # the allocator keeps it until the main stream's use of it is done
+            return x, ready
+
+        starts = range(0, used, self.chunk)
+        pending = make(0) if used else None
+        for k, start in enumerate(starts):
+            x, ready = pending
+            if ready is not None:
+                torch.cuda.current_stream(self.device).wait_event(ready)
+            pending = make(starts[k + 1]) if k + 1 < len(starts) else None     # overlaps the steps below on CUDA
+            for b in range(start, min(start + self.chunk, used), self.batch_size):
+                idx = order[b:b + self.batch_size]
+                xb = x[b - start:b - start + len(idx)]
+                yield (xb, self.labels[idx], idx) if self.return_index else (xb, self.labels[idx])
 
 
 LOADER = GpuLoader
