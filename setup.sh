@@ -25,6 +25,6 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 # torch first, pinned: this machine's pip takes these two builds from local disk
 .venv/bin/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-.venv/bin/python -m pip install --quiet -e ".[dev,dali,ffcv]"
+.venv/bin/python -m pip install --quiet -e ".[dev,dali,ffcv,peers]"
 echo "$want" > "$STAMP"
 echo "setup: done (.venv)" >&2

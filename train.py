@@ -531,7 +531,7 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path, resume: bool) -> dict:
         import torch.distributed as tdist
         tdist.barrier()
     meta = read_meta(args.data_dir)
-    policy, notes = policy_for(args.data_dir, args.policy, strict=args.strict_policy)
+    policy, notes = policy_for(meta, args.policy, strict=args.strict_policy)
     if dist.main:
         for note in notes:
             print(f"note: {note}")

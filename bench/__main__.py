@@ -18,11 +18,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# engines measured in more than one configuration: report row -> options
 # rows measured per engine (engine options); gpu: chunked augmentation (the default) beside the per-batch path
 # (a chunk of one image rounds up to one batch)
 VARIANTS = {"ffcv": {"ffcv[numba]": "mode=numba", "ffcv[torch]": "mode=torch"},
             "gpu": {"gpu": "", "gpu[per-batch]": "chunk=1"}}
+# engines that are a peer a user would pick instead, not a reproduction of the policy: the report also gives how
+# far from albumentations they land (the statistical parity harness, as figures)
+PEERS = ("kornia",)
 
 
 def choose_device(arg: str) -> str:
@@ -112,7 +114,7 @@ def _main(argv=None) -> int:
     try:
         device = choose_device(args.device)
         meta = read_meta(args.data_dir)
-        policy, notes = policy_for(args.data_dir, args.policy, strict=args.strict_policy)
+        policy, notes = policy_for(meta, args.policy, strict=args.strict_policy)
     except (DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -168,6 +170,8 @@ def _main(argv=None) -> int:
             e2e_batches = args.e2e_batches or (4 if args.quick else None)
             if e2e_batches:
                 wargs += ["--e2e-batches", str(e2e_batches)]
+            if name in PEERS:
+                wargs += ["--parity"]
             if args.profile:
                 wargs += ["--profile-dir", str(out_dir / "traces" / re.sub(r"[^a-z0-9-]+", "-", row))]
             try:

@@ -198,6 +198,16 @@ def _top_ops(prof, device, k=10) -> list[dict]:
     return rows
 
 
+def parity_figures(name, data_dir, device, policy, meta) -> list[dict]:
+    """The statistical parity harness's checks of an engine against albumentations, as figures (for a peer that
+    does not reproduce the policy exactly, how far from it it lands)."""
+    from pipeline.parity import statistical_parity
+    from pipeline.policy import AugmentPolicy
+    checks = statistical_parity(name, data_dir, policy or AugmentPolicy.from_meta(meta), device=device,
+                                options=dict(OPTIONS) or None)
+    return [{"name": c.name, "within_tolerance": c.passed, "figures": c.figures} for c in checks]
+
+
 def bound_configs(batch_size: int, amp: str, which: str, graphs: bool) -> list[tuple]:
     """The bound's variants, (batch, channels-last, amp, compile, CUDA graph), the first the default. "all"
     adds the layouts, precisions and compile, the default and compiled at train.py's batch of 128, and with
@@ -234,14 +244,17 @@ def main(argv=None) -> int:
     ap.add_argument("--options", default="", help="engine options, k=v,k=v (e.g. mode=numba)")
     ap.add_argument("--policy", default=None, help="a policy file (as train.py --policy); default: the project's")
     ap.add_argument("--strict-policy", action="store_true")
+    ap.add_argument("--parity", action="store_true",
+                    help="also measure how far the engine lands from albumentations (statistical parity, as figures)")
     args = ap.parse_args(argv)
     OPTIONS.update(kv.split("=", 1) for kv in args.options.split(",") if kv)
-    if args.policy:
-        from pipeline.albu_import import policy_for
-        POLICY["policy"] = policy_for(args.data_dir, args.policy, strict=args.strict_policy)[0]
     device = torch.device(args.device)
     from pipeline.format import read_meta
-    train_size = read_meta(args.data_dir)["counts"]["train"]
+    meta = read_meta(args.data_dir)
+    train_size = meta["counts"]["train"]
+    if args.policy:
+        from pipeline.albu_import import policy_for
+        POLICY["policy"] = policy_for(meta, args.policy, strict=args.strict_policy)[0]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         torch.backends.cudnn.benchmark = True       # as train.py: fixed shapes, cuDNN times its kernels once
@@ -269,6 +282,8 @@ def main(argv=None) -> int:
                 e2e["estimated_from_batches"] = args.e2e_batches
     result["peak_host_rss_mb"] = peak_host_rss_mb()
     result["peak_device_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    if args.parity:         # after the memory figures: the harness runs the albumentations reference too
+        result["parity"] = parity_figures(args.engine, args.data_dir, device, POLICY.get("policy"), meta)
     print(json.dumps(result))
     return 0
 

@@ -11,6 +11,7 @@ TARGET_SPEEDUP = 20.0       # GPU engines vs the albumentations DataLoader, load
 TARGET_E2E_RATIO = 1.03     # end-to-end epoch time / model-only bound epoch time
 TARGET_EPOCH_S = 1.0        # seconds per 50,000-image epoch on an H100, default model
 TARGET_GPU_128 = 1_000_000  # gpu engine, loader-only img/s at train.py's batch of 128, on an H100/H200
+TARGET_PEER_RATIO = 5.0     # gpu engine over kornia at batch 128, loader-only, on the same GPU
 
 
 def derive(result: dict) -> dict:
@@ -59,6 +60,17 @@ def derive(result: dict) -> dict:
                             "target": f">= {TARGET_GPU_128:,.0f} on an H100/H200",
                             "met": at_128 >= TARGET_GPU_128 if on_gpu and ("H100" in result["device"] or
                                                                           "H200" in result["device"]) else None})
+    # each peer against our chunked gpu loader on the same device, at the batch sizes training uses
+    peers = {n: e for n, e in result["engines"].items() if e.get("available") and e.get("parity") is not None}
+    if chunked.get("available") and peers:
+        result["peer_ratios"] = {n: {bs: chunked["batch_scaling"][bs] / e["batch_scaling"][bs]
+                                     for bs in ("128", "512") if bs in chunked["batch_scaling"]
+                                     and bs in e["batch_scaling"]} for n, e in peers.items()}
+        for n, ratios in result["peer_ratios"].items():
+            if "128" in ratios:
+                targets.append({"name": f"gpu / {n}: loader-only at batch 128, same device", "value": ratios["128"],
+                                "target": f">= {TARGET_PEER_RATIO:g}x on a GPU",
+                                "met": ratios["128"] >= TARGET_PEER_RATIO if on_gpu else None})
     result["targets"] = targets
     return result
 
@@ -135,6 +147,18 @@ def markdown(result: dict) -> str:
     if r.get("gpu_chunk_speedup"):
         lines += ["", "gpu engine, chunked augmentation against the per-batch path (loader-only, side by side): "
                   + ", ".join(f"batch {bs}: **{v:.2f}x**" for bs, v in r["gpu_chunk_speedup"].items())]
+    for n, ratios in r.get("peer_ratios", {}).items():
+        lines += ["", f"gpu engine (chunked) against the peer {n} (loader-only, side by side): "
+                  + ", ".join(f"batch {bs}: **{v:.2f}x**" for bs, v in ratios.items())]
+    peers = [(n, e) for n, e in r["engines"].items() if e.get("available") and e.get("parity") is not None]
+    if peers:
+        lines += ["", "## How far a peer lands from the albumentations policy", "",
+                  "The statistical parity harness (`pipeline.parity`) on each peer's epoch, against albumentations "
+                  "2.x: figures, not a pass/fail (a peer is not built to reproduce the policy).", "",
+                  "| peer | check | within the harness's tolerance | figures |", "| --- | --- | --- | --- |"]
+        for n, e in peers:
+            for c in e["parity"]:
+                lines.append(f"| {n} | {c['name']} | {'yes' if c['within_tolerance'] else 'no'} | {c['figures']} |")
     lines += ["", "## Targets", "", "| what | value | target | met |", "| --- | --- | --- | --- |"]
     for t in r["targets"]:
         met = "n/a here" if t["met"] is None else ("yes" if t["met"] else "**no**")
@@ -151,16 +175,17 @@ def markdown(result: dict) -> str:
 
 
 def console(result: dict) -> str:
-    rows = [f"{'engine':<12}{'loader img/s':>14}{'x torch':>9}{'e2e epoch s':>13}{'e2e/bound':>11}"]
+    w = max(12, *(len(n) + 2 for n in result["engines"]))
+    rows = [f"{'engine':<{w}}{'loader img/s':>14}{'x torch':>9}{'e2e epoch s':>13}{'e2e/bound':>11}"]
     for name, e in result["engines"].items():
         if not e.get("available"):
-            rows.append(f"{name:<12}  unavailable: {e['reason']}")
+            rows.append(f"{name:<{w}}  unavailable: {e['reason']}")
             continue
-        rows.append(f"{name:<12}{e['loader_only']['img_per_s']['mean']:>14,.0f}"
+        rows.append(f"{name:<{w}}{e['loader_only']['img_per_s']['mean']:>14,.0f}"
                     f"{_fmt(e['speedup_vs_torch'], '', 2):>9}{e['end_to_end']['epoch_s']['mean']:>13.2f}"
                     f"{e['e2e_ratio_to_bound']:>11.3f}")
     b = result["model_bound"]["default"]
-    rows.append(f"{'bound':<12}{b['img_per_s']:>14,.0f}{'':>9}{b['epoch_s']:>13.2f}{1.0:>11.3f}")
+    rows.append(f"{'bound':<{w}}{b['img_per_s']:>14,.0f}{'':>9}{b['epoch_s']:>13.2f}{1.0:>11.3f}")
     return "\n".join(rows)
 
 

@@ -40,6 +40,9 @@ _ENGINES: dict[str, _Engine] = {
     "ffcv": _Engine("pipeline.engines.ffcv", ("ffcv", "numba"),
                     "apt-get install -y pkg-config libturbojpeg0-dev libopencv-dev && pip install -e '.[ffcv]'",
                     "FFCV .beton + Loader; the policy as torch ops after ToDevice (or numba ops)"),
+    "kornia": _Engine("pipeline.engines.kornia", ("kornia",), "pip install -e '.[peers]' (kornia)",
+                      "a peer for comparison: kornia.augmentation on the gpu engine's device-resident data, per "
+                      "batch (not the albumentations policy pixel for pixel: see its module)"),
 }
 
 

@@ -30,6 +30,7 @@ import warnings
 from pathlib import Path
 
 from pipeline.policy import AugmentPolicy, CoarseDropout, HorizontalFlip, ShiftScaleRotate
+from pipeline.policy import _fill as policy_fill
 
 MAPPED = ("HorizontalFlip", "ShiftScaleRotate", "Affine", "CoarseDropout", "Normalize")
 _ORDER = {"HorizontalFlip": 0, "ShiftScaleRotate": 1, "Affine": 1, "CoarseDropout": 2, "Normalize": 3,
@@ -98,14 +99,14 @@ def from_albumentations(compose, *, mean=None, std=None, strict: bool = False,
         raise PolicyError(f"{source} has no Normalize: give the dataset's mean and std (train.py and the other "
                           f"commands take them from the converted data).")
     mean = tuple(float(v) for v in mean)
-    parts = {"flip": HorizontalFlip(p=0.0), "ssr": ShiftScaleRotate(p=0.0), "dropout": CoarseDropout(p=0.0)}
-    if "HorizontalFlip" in found:
-        parts["flip"] = HorizontalFlip(p=float(found["HorizontalFlip"]["p"]))
-    if "ssr" in found:
-        parts["ssr"] = _shift_scale_rotate(found["ssr"], mean, strict, notes)
-    if "CoarseDropout" in found:
-        parts["dropout"] = _dropout(found["CoarseDropout"], mean, strict, notes)
-    try:
+    try:        # the policy's own checks, each a sentence, named after the Compose
+        parts = {"flip": HorizontalFlip(p=0.0), "ssr": ShiftScaleRotate(p=0.0), "dropout": CoarseDropout(p=0.0)}
+        if "HorizontalFlip" in found:
+            parts["flip"] = HorizontalFlip(p=float(found["HorizontalFlip"]["p"]))
+        if "ssr" in found:
+            parts["ssr"] = _shift_scale_rotate(found["ssr"], mean, strict, notes)
+        if "CoarseDropout" in found:
+            parts["dropout"] = _dropout(found["CoarseDropout"], mean, strict, notes)
         return AugmentPolicy(mean=mean, std=tuple(float(v) for v in std), **parts), notes
     except ValueError as e:
         raise PolicyError(f"{source}: {e}") from None
@@ -296,15 +297,8 @@ def _fill(value, mean: tuple, where: str, strict: bool, notes: list[str]):
     """A fill as the policy holds it: "mean", or three constants in pixel units."""
     if isinstance(value, str):
         raise PolicyError(f"{where} fill={value!r}: the engines fill with a constant or the dataset mean.")
-    values = list(value) if isinstance(value, (tuple, list)) else [value]
-    try:
-        values = [float(v) for v in values]
-    except (TypeError, ValueError):
-        raise PolicyError(f"{where} fill={value!r}: a fill is a number, or one per channel.") from None
-    if len(values) == 1:
-        values *= 3
-    if len(values) != 3:
-        raise PolicyError(f"{where} fill={value!r}: one value, or one per channel (3).")
+    one = value[0] if isinstance(value, (tuple, list)) and len(value) == 1 else value
+    values = policy_fill(one, f"{where} fill")       # three constants in 0..255, or a sentence
     if all(abs(v - m) <= _MEAN_TOLERANCE for v, m in zip(values, mean)):
         return "mean"
     if all(v <= 1 for v in values) and all(abs(v * 255 - m) <= _MEAN_TOLERANCE for v, m in zip(values, mean)):
@@ -352,26 +346,15 @@ def _shift_scale_rotate(a: dict, mean: tuple, strict: bool, notes: list[str]) ->
 
 
 def _dropout(a: dict, mean: tuple, strict: bool, notes: list[str]) -> CoarseDropout:
-    h, w = a["hole_height_range"], a["hole_width_range"]
-    pixels = h[1] >= 1      # albumentations reads both ranges as pixels, or both as fractions, by the height's top
-    if pixels and not all(float(v).is_integer() for v in (*h, *w)):
-        raise PolicyError(f"CoarseDropout hole_height_range={tuple(h)}, hole_width_range={tuple(w)}: with a height "
-                          f"of 1 or more both ranges are whole pixels; give fractions below 1 for both, or whole "
-                          f"pixels for both.")
-    if not pixels and not all(0 < v < 1 for v in (*h, *w)):
-        raise PolicyError(f"CoarseDropout hole_height_range={tuple(h)}, hole_width_range={tuple(w)}: with a height "
-                          f"below 1 both ranges are fractions of the side in (0, 1).")
-    kind = int if pixels else float
-    return CoarseDropout(p=float(a["p"]), num_holes=tuple(a["num_holes_range"]),
-                         hole_height=tuple(kind(v) for v in h), hole_width=tuple(kind(v) for v in w),
-                         fill=_fill(a["fill"], mean, "CoarseDropout", strict, notes))
+    # pixels or fractions, as albumentations decides, and their bounds: CoarseDropout's and the policy's checks
+    return CoarseDropout(p=float(a["p"]), num_holes=tuple(a["num_holes_range"]), hole_height=a["hole_height_range"],
+                         hole_width=a["hole_width_range"], fill=_fill(a["fill"], mean, "CoarseDropout", strict, notes))
 
 
-def policy_for(data_dir, path=None, *, strict: bool = False) -> tuple[AugmentPolicy, list[str]]:
-    """The policy a command runs with: the project's with the converted data's mean and std, or the one in the
-    policy file ``path`` (its Normalize, else the data's mean and std); and the notes of mapped 1.x arguments."""
-    from pipeline.format import read_meta
-    meta = read_meta(data_dir)
+def policy_for(meta: dict, path=None, *, strict: bool = False) -> tuple[AugmentPolicy, list[str]]:
+    """The policy a command runs with: the project's with the converted data's mean and std (``meta``, its
+    meta.json), or the one in the policy file ``path`` (its Normalize, else the data's mean and std); and the
+    notes of mapped 1.x arguments."""
     if path is None:
         return AugmentPolicy.from_meta(meta), []
     return load_policy(path, mean=meta["mean"], std=meta["std"], strict=strict)

@@ -253,7 +253,8 @@ def statistical_parity(engine: str, data_dir, policy: AugmentPolicy, seed: int =
                                 f"{ref_p[key].max():.3g}"))
     else:
         checks.append(Check("statistical", "parameter distributions (KS)", True,
-                            f"not applicable: {engine} {options or ''} does not expose its sampled parameters"))
+                            f"not applicable: {engine}{f' {options}' if options else ''} does not expose its sampled "
+                            f"parameters"))
 
     # the whole policy: share of hole-filled pixels and the mean augmented image
     eng, idx_e = run(engine, policy)
@@ -321,8 +322,8 @@ def main(argv=None) -> int:
 
     def body():
         device = resolve_device(args.device)
-        split, _ = load_split(args.data_dir, "train")
-        policy, notes = policy_for(args.data_dir, args.policy, strict=args.strict_policy)
+        split, meta = load_split(args.data_dir, "train")
+        policy, notes = policy_for(meta, args.policy, strict=args.strict_policy)
         for note in notes:
             print(f"note: {note}")
         images = np.asarray(split.images[:args.images])

@@ -78,9 +78,14 @@ class CoarseDropout:
 
     def __post_init__(self):
         object.__setattr__(self, "num_holes", _pair(self.num_holes, "dropout.num_holes", _whole))
-        pixels = _pair(self.hole_height, "dropout.hole_height")[1] >= 1
-        for name in ("hole_height", "hole_width"):
-            object.__setattr__(self, name, _pair(getattr(self, name), f"dropout.{name}", _whole if pixels else float))
+        pixels = _pair(self.hole_height, "dropout.hole_height")[1] >= 1     # as albumentations decides
+        sizes = {name: _pair(getattr(self, name), f"dropout.{name}") for name in ("hole_height", "hole_width")}
+        if pixels and not all(float(v).is_integer() for pair in sizes.values() for v in pair):
+            raise ValueError(f"dropout.hole_height = {sizes['hole_height']}, hole_width = {sizes['hole_width']}: with "
+                             f"a height of 1 or more both ranges are whole pixels; give fractions below 1 for both, or "
+                             f"whole pixels for both.")
+        for name, pair in sizes.items():
+            object.__setattr__(self, name, tuple(int(v) for v in pair) if pixels else pair)
         object.__setattr__(self, "fill", _fill(self.fill, "dropout.fill"))
 
     @property

@@ -52,6 +52,7 @@ def main(argv=None) -> int:
     from pipeline import known_loaders
     from pipeline.albu_import import add_policy_arguments, policy_for
     from pipeline.cli import run_main
+    from pipeline.format import read_meta
     from pipeline.output import resolve_device
 
     ap = argparse.ArgumentParser(prog="python -m pipeline.show",
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
         ap.error("--count must be at least 1")
 
     def body():
-        policy, notes = policy_for(args.data_dir, args.policy, strict=args.strict_policy)
+        policy, notes = policy_for(read_meta(args.data_dir), args.policy, strict=args.strict_policy)
         for note in notes:
             print(f"note: {note}")
         sources, augmented, labels, classes = augmented_pairs(args.loader, args.data_dir, args.count,

@@ -167,15 +167,15 @@ def test_policy_files(tmp_path, tiny_dir):
     # JSON without mean and std takes the data's
     d = NON_DEFAULT[1].to_dict()
     del d["mean"], d["std"]
-    policy, notes = policy_for(tiny_dir, write(tmp_path, json.dumps(d), "p.json"))
+    policy, notes = policy_for(meta, write(tmp_path, json.dumps(d), "p.json"))
     assert policy == replace(NON_DEFAULT[1], mean=tuple(meta["mean"]), std=tuple(meta["std"])) and notes == []
     # a Python file without Normalize takes the data's; `policy` may be an AugmentPolicy
     text = "import albumentations as A\ntransform = A.Compose([A.HorizontalFlip(p=0.25)])\n"
-    policy, _ = policy_for(tiny_dir, write(tmp_path, text))
+    policy, _ = policy_for(meta, write(tmp_path, text))
     assert policy.mean == tuple(meta["mean"]) and policy.flip.p == 0.25
     text = "from pipeline.policy import AugmentPolicy\npolicy = AugmentPolicy(mean=(1, 2, 3), std=(4, 5, 6))\n"
     assert load_policy(write(tmp_path, text))[0] == AugmentPolicy(mean=(1, 2, 3), std=(4, 5, 6))
-    assert policy_for(tiny_dir)[0] == AugmentPolicy.from_meta(meta)
+    assert policy_for(meta)[0] == AugmentPolicy.from_meta(meta)
 
 
 @pytest.mark.parametrize("text, name, says", [

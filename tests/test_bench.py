@@ -17,7 +17,7 @@ def quick_report(mini_dir, tmp_path_factory):
                                                            "pip install fake-engine", "a missing engine"))
     try:
         from bench.__main__ import main
-        assert main(["--loaders", "gpu,fake", "--data-dir", str(mini_dir), "--quick", "--out", str(out)]) == 0
+        assert main(["--loaders", "gpu,kornia,fake", "--data-dir", str(mini_dir), "--quick", "--out", str(out)]) == 0
     finally:
         mp.undo()
     (path,) = out.glob("*.json")
@@ -31,8 +31,9 @@ def test_every_field(quick_report):
                 "model_bound", "engines", "targets"):
         assert key in r, key
     assert r["settings"]["quick"] and r["versions"]["torch"]
-    assert set(r["engines"]) == {"torch", "gpu", "fake"}        # torch: the baseline, always measured
-    for name in ("torch", "gpu"):
+    # torch: the baseline, always measured; gpu in two rows, chunked (the default) and per-batch
+    assert set(r["engines"]) == {"torch", "gpu", "gpu[per-batch]", "kornia", "fake"}
+    for name in ("torch", "gpu", "gpu[per-batch]", "kornia"):
         e = r["engines"][name]
         assert e["available"]
         for key in ("loader_only", "batch_scaling", "end_to_end", "speedup_vs_torch", "e2e_ratio_to_bound",
@@ -53,14 +54,31 @@ def test_ratios_come_from_the_figures_in_the_file(quick_report):
     base = r["engines"]["torch"]["loader_only"]["img_per_s"]["mean"]
     bound = r["model_bound"]["default"]["epoch_s"]
     assert math.isclose(r["model_bound"]["default"]["epoch_s"], r["data"]["train"] / r["model_bound"]["default"]["img_per_s"])
-    for name in ("torch", "gpu"):
+    for name in ("torch", "gpu", "gpu[per-batch]"):
         e = r["engines"][name]
         assert math.isclose(e["speedup_vs_torch"], e["loader_only"]["img_per_s"]["mean"] / base)
         assert math.isclose(e["e2e_ratio_to_bound"], e["end_to_end"]["epoch_s"]["mean"] / bound)
     gpu_target = next(t for t in r["targets"] if t["name"].startswith("gpu: loader-only"))
     assert math.isclose(gpu_target["value"], r["engines"]["gpu"]["speedup_vs_torch"])
+    chunked, per_batch, peer = (r["engines"][n]["batch_scaling"] for n in ("gpu", "gpu[per-batch]", "kornia"))
+    for bs, v in r["peer_ratios"]["kornia"].items():
+        assert math.isclose(v, chunked[bs] / peer[bs])
+    assert set(r["gpu_chunk_speedup"]) == {"128", "512"}
+    for bs, v in r["gpu_chunk_speedup"].items():
+        assert math.isclose(v, chunked[bs] / per_batch[bs])
     if r["device_kind"] == "cpu":
         assert all(t["met"] is None for t in r["targets"])       # GPU targets are not judged on a CPU
+
+
+@pytest.mark.slow
+def test_a_peer_is_reported_with_how_far_it_lands_from_albumentations(quick_report):
+    r, out = quick_report
+    checks = {c["name"]: c for c in r["engines"]["kornia"]["parity"]}
+    assert checks["HorizontalFlip rate"]["within_tolerance"] and "mean augmented image" in checks
+    assert "parity" not in r["engines"]["gpu"]              # our own engines are judged by the parity tests
+    md = next(out.glob("*.md")).read_text()
+    assert "## How far a peer lands from the albumentations policy" in md and "| kornia | mean augmented image |" in md
+    assert "against the peer kornia" in md
 
 
 @pytest.mark.slow

@@ -43,11 +43,10 @@ class GpuLoader:
         self.output = Normalizer(policy, device, normalize)
         self.apply = torch.compile(apply, dynamic=False) if compile else apply
         self._next_epoch = 0
-        chunk = DEFAULT_CHUNK if chunk is None else chunk
-        if isinstance(chunk, str):      # from a command line's k=v options
-            chunk = int(chunk) if chunk.isdigit() else 0
-        if not isinstance(chunk, int) or chunk < 1:
-            raise ValueError(f"chunk must be a positive number of images, not {chunk!r}.")
+        given = DEFAULT_CHUNK if chunk is None else chunk
+        chunk = int(given) if isinstance(given, str) and given.isdigit() else given     # k=v options are text
+        if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+            raise ValueError(f"chunk must be a positive number of images, not {given!r}.")
         # whole batches per chunk, at least one
         self.chunk = max(1, chunk // batch_size) * batch_size
 
@@ -65,6 +64,14 @@ class GpuLoader:
         """Device memory of one augmented chunk; at most two are alive (the one served, the next being made)."""
         return self.chunk * 3 * self.policy.image_size ** 2 * (4 if self.output.normalize else 1)
 
+    def epoch_params(self, n: int, gen: torch.Generator, epoch: int) -> Params:
+        """The per-sample parameters of the epoch's ``n`` samples, in one draw."""
+        return sample_params(n, self.policy, gen)
+
+    def augment_chunk(self, images: torch.Tensor, params: Params, start: int) -> torch.Tensor:
+        """The chunk of the epoch at ``start``: uint8 (B, H, W, 3) -> float32 (B, 3, H, W) of pixel values."""
+        return self.apply(images, params.select(slice(start, start + len(images))), self.policy)
+
     def __iter__(self):
         epoch, self._next_epoch = self._next_epoch, self._next_epoch + 1
         gen = torch.Generator(device=self.device).manual_seed(epoch_seed(self.seed, epoch))
@@ -80,21 +87,21 @@ class GpuLoader:
                 x = self.output(self.images[idx])
                 yield (x, self.labels[idx], idx) if self.return_index else (x, self.labels[idx])
             return
-        params = sample_params(len(order), self.policy, gen)        # the whole epoch's, in one draw
+        params = self.epoch_params(len(order), gen, epoch)
         cuda = self.device.type == "cuda"
         side = torch.cuda.Stream(self.device) if cuda else None
 
+        def augmented(start):
+            return self.output.pixels(self.augment_chunk(self.images[order[start:start + self.chunk]], params, start))
+
         def make(start):
             """The chunk at ``start``, augmented (on the side stream on CUDA, after what the main stream queued)."""
-            idx = order[start:start + self.chunk]
             if not cuda:
-                return self.output.pixels(self.apply(self.images[idx], params.select(slice(start, start + len(idx))),
-                                                     self.policy)), None
+                return augmented(start), None
             main = torch.cuda.current_stream(self.device)
             side.wait_stream(main)
             with torch.cuda.stream(side):
-                x = self.output.pixels(self.apply(self.images[idx], params.select(slice(start, start + len(idx))),
-                                                  self.policy))
+                x = augmented(start)
                 ready = torch.cuda.Event()
                 ready.record(side)
             x.record_stream(main)       # the allocator keeps it until the main stream's use of it is done
