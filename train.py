@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from model import (ACTIVATIONS, ARCHS, DEFAULT_ACTIVATION, PARAMETER_BUDGET, WIDTHS, build_model, count_parameters,
                    layout, whiten_first_conv)
 from model import custom, recipe, training
-from model.checkpoint import (CUSTOM, CheckpointError, checkpoint_activation, checkpoint_weights, load,
-                              model_from_checkpoint, require_resumable, save_atomic, write_atomic, write_text_atomic)
+from model.checkpoint import (CUSTOM, CheckpointError, checkpoint_weights, load, model_from_checkpoint,
+                              require_resumable, save_atomic, write_atomic, write_text_atomic)
 from model.training import AMP_CHOICES, GraphStepper, Stepper, graph_problem, precision
 from pipeline import build_loader, known_loaders
 from pipeline.albu_import import add_policy_arguments, policy_for
@@ -42,9 +42,6 @@ class RunError(Exception):
 
 
 WHITEN_IMAGES = 5000        # --whiten's sample of the training images (airbench takes 5,000 too)
-# what a run from before an option existed trained with (its config lacks the option): --resume and
-# bench.seeds compare saved runs with these
-BEFORE_OPTION = {"ema": 0.0, "whiten": False, "activation": "relu", "model": None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -565,17 +562,21 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path, resume: bool) -> dict:
     if resume:
         ckpt = load(ckpt_path)
         require_resumable(ckpt, ckpt_path)
-        # the activation as model_from_checkpoint builds it: runs from before --activation have none in their args
-        saved = {**ckpt["config"]["args"], "activation": checkpoint_activation(ckpt)}
-        shape = ("model",) if args.model else ("widths", "activation")
-        for key in ("arch", *shape, "loader", "batch_size", "epochs", "schedule", "seed", "lr", "ema", "whiten"):
-            before = saved.get(key, BEFORE_OPTION.get(key))
-            if before != getattr(args, key):
-                flag = f"--{key.replace('_', '-')}"
-                same = (f"pass {flag if before else '--no-' + flag[2:]}" if isinstance(before, bool)
-                        else "pass the same value")      # a run from before --whiten was the default: --no-whiten
-                raise RunError(f"--resume: the run in {out} used {flag} {before}, not "
-                               f"{getattr(args, key)}: {same}.")
+        # the run goes on with the recipe it started with: the one its config.json records
+        before, now = recipe.recorded(ckpt["config"]), recipe.resolved(vars(args))
+        if before is None:
+            raise RunError(f"--resume: the run in {out} was written by an earlier cifarflow that did not record its "
+                           f"recipe, so it cannot be checked that this command goes on with the same one: start "
+                           f"the run afresh in another --out.")
+        differ = [key for key in recipe.KEYS if before.get(key) != now.get(key)]
+        if differ:
+            key, more = differ[0], recipe.differences(before, now, differ[1:])
+            flag = f"--{key.replace('_', '-')}"
+            same = (f"pass {flag if before[key] else '--no-' + flag[2:]}" if isinstance(before[key], bool)
+                    else "pass the same value")
+            also = f" (and {', '.join(more)})" if more else ""
+            raise RunError(f"--resume: the run in {out} used {flag} {before[key]}, not {now[key]}{also}: {same} "
+                           f"(its config.json records its recipe).")
         if AugmentPolicy.from_dict(ckpt["config"]["policy"]) != policy:
             now = f"--policy {args.policy}" if args.policy else "the project's policy"
             raise RunError(f"--resume: the run in {out} trained with another augmentation policy than {now}: pass "
@@ -620,7 +621,9 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path, resume: bool) -> dict:
               "model_spec": spec.to_dict() if spec else (
                   {"spec": None, "object": f"{type(net).__module__}.{type(net).__qualname__}"}
                   if getattr(args, "model_object", None) is not None else None),
-              "recipe": [str(recipe.DEFAULT.relative_to(recipe.ROOT)), *([args.config] if args.config else [])],
+              "recipe": {"files": [str(recipe.DEFAULT.relative_to(recipe.ROOT)), *([args.config] if args.config
+                                                                                    else [])],
+                         "values": recipe.resolved(vars(args))},
               "code": recipe.code_version(),
               "torch": str(torch.__version__), "world_size": dist.world,
               "threads": torch.get_num_threads() if device.type == "cpu" else None}
@@ -647,7 +650,7 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path, resume: bool) -> dict:
           f"{'; torch.compile' if args.compile else ''}{'; CUDA graph' if args.cuda_graph else ''}"
           f"{f'; {dist.world} processes (DistributedDataParallel)' if dist.enabled else ''}")
     code = config["code"]
-    print(f"recipe {' + '.join(config['recipe'])}; code "
+    print(f"recipe {' + '.join(config['recipe']['files'])}; code "
           + (f"{code['commit'][:10]}{' with uncommitted changes' if code['dirty'] else ''}" if code else
              "outside a git checkout"))
 

@@ -66,7 +66,9 @@ def versions() -> dict:
 
 def run_worker(args: list[str], label: str) -> dict:
     cmd = [sys.executable, "-m", "bench.measure", *args]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    # workers run in the project root; a --model module importable from where bench started stays importable
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (os.getcwd(), os.environ.get("PYTHONPATH"))))}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"{label} failed: {tail}")
@@ -103,6 +105,9 @@ def _main(argv=None) -> int:
     ap.add_argument("--e2e-batches", type=int, default=None,
                     help="time end-to-end training on this many batches per engine and scale to an epoch "
                          "(default: one full epoch; --quick: 4)")
+    ap.add_argument("--model", default=None, metavar="FILE.py:NAME",
+                    help="measure your own model instead of c1c2c3c4 (as train.py --model: a file or module and the "
+                         "nn.Module class or factory in it)")
     add_policy_arguments(ap)
     args = ap.parse_args(argv)
     if args.batch_size is None:
@@ -111,11 +116,17 @@ def _main(argv=None) -> int:
         ap.error("--batch-size and --repeats must be positive")
 
     import torch
+    from model import build_model, count_parameters, custom
     try:
         device = choose_device(args.device)
         meta = read_meta(args.data_dir)
         policy, notes = policy_for(meta, args.policy, strict=args.strict_policy)
-    except (DataError, ValueError) as e:
+        if args.model:      # built here once, so a spec that fails is one sentence before any measurement
+            net, spec = custom.build(args.model, len(meta["classes"]))
+            model_name, model_arg = spec.text, f"{spec.source}:{spec.attr}"     # workers run in the project root
+        else:
+            net, model_name, model_arg = build_model(), "c1c2c3c4", None
+    except (DataError, ValueError, custom.ModelSpecError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     known = list(known_loaders())
@@ -131,20 +142,22 @@ def _main(argv=None) -> int:
     repeats = 1 if args.quick else args.repeats
     scaling = "128,512" if args.quick else "128,256,512,1024,2048"
     out_dir = Path(args.out)
-    common = ["--data-dir", str(args.data_dir), "--device", device, "--batch-size", str(args.batch_size)]
+    common = ["--data-dir", str(Path(args.data_dir).resolve()), "--device", device, "--batch-size",
+              str(args.batch_size)]
     if args.policy:
-        common += ["--policy", str(args.policy), *(["--strict-policy"] if args.strict_policy else [])]
+        common += ["--policy", str(Path(args.policy).resolve()), *(["--strict-policy"] if args.strict_policy else [])]
+    if model_arg:
+        common += ["--model", model_arg]
     for note in notes:
         print(f"note: {note}")
 
-    from model import build_model, count_parameters
     from model.training import precision
     result = {
         "date": dt.datetime.now().isoformat(timespec="seconds"), "device": desc, "device_kind": device,
         "versions": versions(), "policy": policy.to_dict(), "policy_file": args.policy,
         "data": {"dir": str(args.data_dir), "train": meta["counts"]["train"], "source": meta["source"]},
         "settings": {"batch_size": args.batch_size, "repeats": repeats, "quick": args.quick, "scaling": scaling,
-                     "model": "c1c2c3c4", "parameters": count_parameters(build_model()),
+                     "model": model_name, "parameters": count_parameters(net),
                      "precision": precision(torch.device(device), "auto")[1], "profile": args.profile},
         "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "engines": {},

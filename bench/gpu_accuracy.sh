@@ -8,12 +8,13 @@
 # (each run's checkpoint, for python -m model.release).
 #
 #   BUDGET=560 bash bench/gpu_accuracy.sh      stop the runs after 560 s and pack what finished (0: no limit)
-#   RECIPES='ls0|c1c2c3c4|0 1 2|--label-smoothing 0' bash bench/gpu_accuracy.sh     other recipes: one per
-#       line, name|arch|seeds|train.py options. On an H200, 8 runs side by side took 14-19 s per epoch each
-#       (30 epochs in 7-10 minutes); resumed runs carry on where they stopped.
+#   RECIPES='ls0|c1c2c3c4|0 1 2|label_smoothing = 0' bash bench/gpu_accuracy.sh     other recipes: one per
+#       line, name|arch|seeds|recipe keys (TOML lines, separated by ';', laid over recipes/default.toml), written
+#       to WORK/recipes/<name>.toml, whose name the runs and the report carry. On an H200, 8 runs side by side
+#       took 14-19 s per epoch each (30 epochs in 7-10 minutes); resumed runs carry on where they stopped.
 #   PYTHON=.venv/bin/python EPOCHS=1 DATA=data/mini RECIPES='default|c1c2c3c4|0 1|' bash bench/gpu_accuracy.sh
 #       (a check on a CPU; python3 from PATH is the device machine's, which has torch)
-#   RESUME='gpu/gpu-accuracy.tgz gpu/checkpoints-c1c2c3c4-e30.tgz' BUDGET=560 bash bench/gpu_accuracy.sh
+#   RESUME='gpu/gpu-accuracy.tgz gpu/checkpoints-default-c1c2c3c4-e30.tgz' BUDGET=560 bash bench/gpu_accuracy.sh
 #       goes on with the runs a budget stopped in an earlier call, even one made earlier (a fresh
 #       machine): save that call's archives here in a git-ignored folder (gpu/ above), carry it, give the same
 #       RECIPES (and WORK); unpacked first, the runs resume from their last epoch's checkpoint
@@ -35,7 +36,7 @@ PY=${PYTHON:-python3}
 OUT=${OUT:-bench/results}
 EPOCHS=${EPOCHS:-30}
 RECIPES=${RECIPES:-"default|c1c2c3c4|0 1 2 3|
-ema|c1c2c3c4|0 1 2|--ema 0.999
+ema|c1c2c3c4|0 1 2|ema = 0.999
 dilated|dilated|0|"}
 DATA=${DATA:-data/cifar10}
 BUDGET=${BUDGET:-0}
@@ -100,19 +101,22 @@ fi
 
 step "training, side by side"
 # shellcheck disable=SC2086
-group() {   # name, arch, seeds, train.py options...
-    local name=$1 arch=$2 seeds=$3; shift 3
+group() {   # name, arch, seeds, recipe keys ('key = value; key = value')
+    local name=$1 arch=$2 seeds=$3 keys=$4
     local n; n=$(echo $seeds | wc -w)
+    mkdir -p "$WORK/recipes"
+    echo "$keys" | tr ';' '\n' | sed 's/^ *//' > "$WORK/recipes/$name.toml"
     # a process group of its own (setsid), so that the budget stops this group's train.py and no other
     setsid $PY -m bench.seeds --seeds $seeds --jobs "$n" --arch "$arch" --epochs "$EPOCHS" --data-dir "$DATA" \
-        --runs-dir "$WORK/runs" --out "$WORK/reports" ${1:+-- "$@"} > "$WORK/seeds-$name.log" 2>&1 &
-    echo "$name: pid $! seeds $seeds $*"
+        --runs-dir "$WORK/runs" --out "$WORK/reports" --config "$WORK/recipes/$name.toml" \
+        > "$WORK/seeds-$name.log" 2>&1 &
+    echo "$name: pid $! seeds $seeds $keys"
 }
 pids=(); names=()
 while IFS='|' read -r name arch seeds opts; do
     [ -n "$name" ] || continue
     # shellcheck disable=SC2086
-    group "$name" "$arch" "$seeds" $opts; pids+=($!); names+=("$name")
+    group "$name" "$arch" "$seeds" "$opts"; pids+=($!); names+=("$name")
 done <<< "$RECIPES"
 train_start=$SECONDS
 

@@ -41,6 +41,7 @@ def peak_host_rss_mb() -> float:
 
 OPTIONS: dict = {}   # engine options from --options, e.g. mode=numba
 POLICY: dict = {}    # {"policy": the AugmentPolicy of --policy}; empty: the project's
+MODEL: dict = {}     # {"spec": --model's FILE.py:NAME}; empty: the default net
 TRAIN_BATCH = 128    # train.py's default batch size: the bound is also measured there (kernel launches weigh more)
 
 
@@ -85,11 +86,12 @@ def batch_scaling(name, data_dir, sizes, device) -> dict:
 
 
 def make_model(device, channels_last=True, compile=False, graph=False):
-    """The default net (seeded) and its optimizer; ``graph``: the optimizer a CUDA-graph step needs."""
-    from model import build_model
+    """The default net, or --model's (seeded), and its optimizer; ``graph``: the optimizer a CUDA-graph step
+    needs."""
+    from model import build_model, custom
     from model.training import make_optimizer
     torch.manual_seed(0)
-    net = build_model().to(device)
+    net = (custom.build(MODEL["spec"])[0] if MODEL.get("spec") else build_model()).to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     opt = make_optimizer(net, lr=0.05, graph_device=device if graph else None)
@@ -244,10 +246,12 @@ def main(argv=None) -> int:
     ap.add_argument("--options", default="", help="engine options, k=v,k=v (e.g. mode=numba)")
     ap.add_argument("--policy", default=None, help="a policy file (as train.py --policy); default: the project's")
     ap.add_argument("--strict-policy", action="store_true")
+    ap.add_argument("--model", default=None, help="a model of your own, as train.py --model (default: c1c2c3c4)")
     ap.add_argument("--parity", action="store_true",
                     help="also measure how far the engine lands from albumentations (statistical parity, as figures)")
     args = ap.parse_args(argv)
     OPTIONS.update(kv.split("=", 1) for kv in args.options.split(",") if kv)
+    MODEL["spec"] = args.model
     device = torch.device(args.device)
     from pipeline.format import read_meta
     meta = read_meta(args.data_dir)

@@ -1,21 +1,23 @@
-"""Train the recipe with several seeds and report the mean and spread of the final test accuracy.
+"""Train a recipe with several seeds and report the mean and spread of the final test accuracy.
 
-    python -m bench.seeds --seeds 0 1 2 --data-dir data/cifar10 [--arch c1c2c3c4] [--epochs 30] [--jobs 3]
-                          [--runs-dir runs/seeds] [--out bench/results] [-- MORE TRAIN.PY OPTIONS]
+    python -m bench.seeds --seeds 0 1 2 --data-dir data/cifar10 [--config RECIPE.toml] [--arch c1c2c3c4]
+                          [--epochs 30] [--jobs 3] [--runs-dir runs/seeds] [--out bench/results]
+                          [-- MORE TRAIN.PY OPTIONS]
 
-Each seed trains with train.py in its own run folder, RUNS_DIR/<arch>-e<epochs>[-<digest of the options
-after '--'>]-seed<N>: a finished run is reused and an interrupted one resumed, so after a crash or Ctrl-C
-the same command carries on. ``--jobs N`` trains N seeds side by side, each logging to RUNS_DIR/<run>.log
-(on a GPU one run of this small net does not fill the card). After every seed the report is rewritten
-(atomically) with the seeds finished so far: OUT/<date>-<device>-seeds-<arch>[-<digest>].json and .md, one
-row per seed from its metrics.json, then the mean, the sample standard deviation, min and max. One seed
-says little at the level of a few tenths of a point.
+Each seed trains with train.py in its own run folder, RUNS_DIR/<recipe>-<arch>-e<epochs>-seed<N>, named after
+the recipe file (``default`` without --config): a finished run is reused and an interrupted one resumed, so
+after a crash or Ctrl-C the same command carries on. A finished run is reused only if the recipe its
+config.json records is this command's; options after '--' do not name the folder, so a recipe of one's own
+belongs in a recipe file. ``--jobs N`` trains N seeds side by side, each logging to RUNS_DIR/<run>.log (on a GPU
+one run of this small net does not fill the card). After every seed the report is rewritten (atomically) with
+the seeds finished so far: OUT/<date>-<device>-seeds-<recipe>-<arch>.json and .md, one row per seed from its
+metrics.json, then the mean, the sample standard deviation, min and max. One seed says little at the level of a
+few tenths of a point.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import os
 import statistics
@@ -38,23 +40,18 @@ def finished(run: Path, epochs: int) -> list | None:
     return metrics if len(metrics) >= epochs else None
 
 
-# what makes a run this command's: a finished run whose config differs in one of these (a default of train.py
-# that changed after it trained, as --whiten did on 2026-11-27) is another recipe's run, not to be reused
-RECIPE_KEYS = ("arch", "epochs", "seed", "loader", "batch_size", "lr", "momentum", "nesterov", "weight_decay",
-               "schedule", "step_size", "gamma", "warmup", "label_smoothing", "ema", "widths", "activation", "whiten",
-               "amp", "channels_last")
-
-
 def recipe_mismatch(run: Path, intended: dict) -> str | None:
-    """How the finished ``run``'s recipe differs from ``intended`` (train.py's parsed arguments), or None."""
-    from train import BEFORE_OPTION
+    """How the finished ``run``'s recorded recipe differs from ``intended`` (train.py's parsed arguments), or
+    None when it is the same."""
+    from model import recipe
     try:
-        saved = json.loads((run / "config.json").read_text()).get("args", {})
+        config = json.loads((run / "config.json").read_text())
     except (OSError, ValueError):
         return "its config.json is missing or unreadable"
-    diffs = [f"{k} {saved.get(k, BEFORE_OPTION.get(k))}, not {intended[k]}" for k in RECIPE_KEYS
-             if (k in saved or k in BEFORE_OPTION) and saved.get(k, BEFORE_OPTION.get(k)) != intended[k]]
-    return "; ".join(diffs) or None
+    before = recipe.recorded(config) if isinstance(config, dict) else None
+    if before is None:
+        return "it was trained before runs recorded their recipe"
+    return "; ".join(recipe.differences(before, recipe.resolved(intended))) or None
 
 
 def row(seed: int, run: Path, metrics: list, epochs: int) -> dict:
@@ -113,7 +110,8 @@ def write_report(report: dict, out_dir: Path, stem: str) -> Path:
 
 
 def recipe(config: dict) -> str:
-    a = config.get("args", {})
+    from model.recipe import recorded
+    a = recorded(config) or config.get("args", {})
     keys = ("loader", "batch_size", "lr", "schedule", "warmup", "momentum", "nesterov", "weight_decay",
             "label_smoothing", "ema", "widths", "activation", "whiten")
     return ", ".join(f"{k} {a[k]}" for k in keys if a.get(k) is not None) + \
@@ -132,11 +130,13 @@ def _main(argv=None) -> int:
     own = argv[:argv.index("--")] if "--" in argv else argv
     ap = argparse.ArgumentParser(
         prog="python -m bench.seeds",
-        description="Train train.py's default recipe once per seed and report the mean and spread of the final "
+        description="Train a recipe (train.py's default, or --config) once per seed and report the mean and spread of the final "
                     "test accuracy (markdown + JSON). Options after '--' go to train.py unchanged.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", required=True, help="one training run per seed")
     ap.add_argument("--data-dir", required=True, help="converted data (python -m pipeline.convert)")
+    ap.add_argument("--config", default=None, metavar="RECIPE.toml",
+                    help="a recipe file, as train.py --config; run folders and the report are named after it")
     ap.add_argument("--arch", default="c1c2c3c4")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -153,37 +153,42 @@ def _main(argv=None) -> int:
         ap.error("--epochs must be positive")
     if args.jobs < 1:
         ap.error("--jobs must be positive")
-    owned = {"--seed", "--out", "--resume", "--epochs", "--arch", "--data-dir", "--device"}
+    owned = {"--seed", "--out", "--resume", "--epochs", "--arch", "--data-dir", "--device", "--config"}
     clash = [a for a in extra if a.split("=")[0] in owned]
     if clash:
         ap.error(f"{clash[0]} is set by bench.seeds itself; give it as an option before '--'")
 
     # train.py runs in the project root: hand it absolute paths, whatever folder this was started from
     args.data_dir, args.runs_dir = Path(args.data_dir).resolve(), Path(args.runs_dir).resolve()
+    config = str(Path(args.config).resolve()) if args.config else None
+    import train
     from bench.__main__ import choose_device, device_name
+    from model.recipe import RecipeError, load
     from pipeline.format import DataError, read_meta
     try:
+        if config:
+            load(args.config, train.build_parser())     # a recipe train.py would refuse, refused before any run
         read_meta(args.data_dir)
         device = choose_device(args.device)
         desc, slug = device_name(device)
-    except (DataError, ValueError) as e:
+    except (DataError, RecipeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     report = {"date": dt.datetime.now().isoformat(timespec="seconds"), "device": desc, "arch": args.arch,
               "epochs": args.epochs, "command": "python -m bench.seeds " + " ".join(argv), "recipe": "", "runs": []}
 
-    # other train.py options make other runs: their folders (and report) carry a digest of those options
-    tag = "-" + hashlib.sha1(" ".join(extra).encode()).hexdigest()[:8] if extra else ""
-    stem = f"{dt.date.today().isoformat()}-{slug}-seeds-{args.arch}{tag}"
-    runs = {seed: args.runs_dir / f"{args.arch}-e{args.epochs}{tag}-seed{seed}" for seed in args.seeds}
+    # a recipe file names its runs and report; what else a run trained with, its config.json records
+    name = Path(args.config).stem if args.config else "default"
+    stem = f"{dt.date.today().isoformat()}-{slug}-seeds-{name}-{args.arch}"
+    runs = {seed: args.runs_dir / f"{name}-{args.arch}-e{args.epochs}-seed{seed}" for seed in args.seeds}
     done: dict[int, list] = {}
     todo = []
 
     def train_args(seed: int) -> list[str]:
         return ["--data-dir", str(args.data_dir), "--arch", args.arch, "--epochs", str(args.epochs), "--seed", str(seed),
-                "--device", args.device, "--out", str(runs[seed]), *extra]
+                "--device", args.device, "--out", str(runs[seed]), *(["--config", config] if args.config else []),
+                *extra]
 
-    import train
     for seed, run in runs.items():
         metrics = finished(run, args.epochs)
         if metrics is None:
@@ -191,10 +196,10 @@ def _main(argv=None) -> int:
             continue
         differs = recipe_mismatch(run, vars(train.parse_args(train_args(seed))))
         if differs:
-            # (its report, written when it finished, stays valid; the folder name holds only the options given)
-            print(f"error: seed {seed}: {run} finished under another recipe than this command's ({differs}); a "
-                  f"default of train.py has changed since it trained: to train this command's recipe, move that "
-                  f"folder away or give another --runs-dir.", file=sys.stderr)
+            # (its report, written when it finished, stays valid)
+            print(f"error: seed {seed}: {run} finished under another recipe than this command's ({differs}): "
+                  f"options after '--' do not name the run folders, so put them in a recipe file of their own "
+                  f"(--config), or move that folder away, or give another --runs-dir.", file=sys.stderr)
             return 2
         print(f"[seeds] seed {seed}: {run} already finished, reused", flush=True)
         done[seed] = metrics

@@ -83,6 +83,30 @@ def _one(where: str, action: argparse.Action, value):
 
 
 
+# what a run trains with: two runs that differ in one of these trained two recipes (a run's folder, seed aside,
+# is not enough to tell: --resume and bench.seeds compare these values, recorded in config.json)
+KEYS = ("arch", "model", "epochs", "seed", "loader", "batch_size", "lr", "momentum", "nesterov", "weight_decay",
+        "schedule", "step_size", "gamma", "warmup", "label_smoothing", "ema", "widths", "activation", "whiten", "amp",
+        "channels_last")
+
+
+def resolved(args: dict) -> dict:
+    """The recipe a run trains with, from train.py's parsed options (what its config.json records)."""
+    return {key: args.get(key) for key in KEYS}
+
+
+def recorded(config: dict) -> dict | None:
+    """The recipe a run's config.json records, or None for a run written before runs recorded it."""
+    entry = config.get("recipe")
+    return entry.get("values") if isinstance(entry, dict) else None
+
+
+def differences(before: dict, now: dict, keys=KEYS) -> list[str]:
+    """'--lr 0.05, not 0.1' for each of ``keys`` whose recorded value ``before`` differs from ``now``."""
+    return [f"--{key.replace('_', '-')} {before.get(key)}, not {now.get(key)}" for key in keys
+            if before.get(key) != now.get(key)]
+
+
 def code_version(root: Path = ROOT) -> dict | None:
     """{"commit": the git commit of the code, "dirty": whether tracked files differ from it}, or None outside a
     git checkout (an installed copy, or no git)."""

@@ -214,3 +214,21 @@ def test_the_report_shows_end_to_end_with_the_step_as_a_cuda_graph():
     assert "## End-to-end with the step as a CUDA graph" in md and "| gpu | 0.60 (0.60–0.60) | 3.00× | 1.200 |" in md
     del engine["end_to_end_graph"]                       # a CPU run, or one from before: no such section
     assert "as a CUDA graph (`train.py" not in markdown(derive(r))
+
+
+def test_a_model_of_ones_own_is_measured_or_refused_with_a_sentence(mini_dir, tmp_path, monkeypatch, capsys):
+    """bench --model: a spec that does not build is one sentence and exit 2 before any measurement; the workers
+    build the model it names (here as the worker does, in-process)."""
+    from bench import measure
+    from bench.__main__ import main
+    from model import count_parameters
+    assert main(["--data-dir", str(mini_dir), "--model", str(tmp_path / "absent.py") + ":Net",
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "absent.py does not exist" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    (tmp_path / "tiny_net.py").write_text(
+        "import torch.nn as nn\n"
+        "def Net(num_classes=10):\n"
+        "    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))\n")
+    monkeypatch.setitem(measure.MODEL, "spec", f"{tmp_path / 'tiny_net.py'}:Net")
+    net, _ = measure.make_model(torch.device("cpu"))
+    assert count_parameters(net) == 3 * 8 * 9 + 8 + 8 * 10 + 10

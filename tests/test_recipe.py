@@ -92,7 +92,29 @@ def test_code_version_says_commit_and_dirty(tmp_path):
 def test_a_run_records_its_recipe_and_code(tiny_dir, tmp_path):
     path = write(tmp_path, "epochs = 1\nbatch_size = 250\nlabel_smoothing = 0.0\n")
     r = fit(None, tiny_dir, epochs=1, out=tmp_path / "run", config=str(path), amp="off", arch="dilated")
-    assert r.config["recipe"] == ["recipes/default.toml", str(path)]
-    assert r.config["args"]["batch_size"] == 250 and r.config["args"]["label_smoothing"] == 0.0
+    assert r.config["recipe"]["files"] == ["recipes/default.toml", str(path)]
+    values = r.config["recipe"]["values"]
+    assert set(values) == set(recipe.KEYS) and values["arch"] == "dilated" and values["epochs"] == 1
+    assert values["batch_size"] == 250 and values["label_smoothing"] == 0.0 and values["lr"] == 0.1
+    assert r.config["args"]["batch_size"] == 250
     code = r.config["code"]
     assert code is None or len(code["commit"]) == 40
+
+
+def test_resume_goes_on_with_the_recorded_recipe_or_says_what_differs(tiny_dir, tmp_path):
+    """--resume compares the recipe config.json records with the command's; a run without one (written before
+    runs recorded their recipe) is refused with a sentence, not guessed at."""
+    import torch
+
+    import train
+    out = tmp_path / "run"
+    argv = ["--data-dir", str(tiny_dir), "--arch", "dilated", "--epochs", "1", "--amp", "off", "--out", str(out)]
+    assert train.main(argv) == 0
+    ckpt_path = out / "checkpoint.pt"
+    with pytest.raises(train.RunError, match=r"used --lr 0\.1, not 0\.05 \(and --momentum 0\.9, not 0\.8\)"):
+        train.run(train.parse_args([*argv, "--resume", "--lr", "0.05", "--momentum", "0.8"]))
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    ckpt["config"]["recipe"] = ["recipes/default.toml"]         # as runs recorded it before: files only
+    torch.save(ckpt, ckpt_path)
+    with pytest.raises(train.RunError, match="did not record its recipe"):
+        train.run(train.parse_args([*argv, "--resume"]))

@@ -21,8 +21,9 @@ def run(cmd, timeout=600):
 
 @pytest.mark.slow
 def test_two_seeds_side_by_side_give_a_mean_and_spread_and_finished_runs_are_reused(mini_dir, tmp_path):
+    (tmp_path / "big-batch.toml").write_text("batch_size = 256\n")
     cmd = seeds_cmd("--seeds", 0, 1, "--epochs", 1, "--data-dir", mini_dir, "--device", "cpu", "--jobs", 2,
-                    "--runs-dir", tmp_path / "runs", "--out", tmp_path / "out", "--", "--batch-size", 256)
+                    "--runs-dir", tmp_path / "runs", "--out", tmp_path / "out", "--config", tmp_path / "big-batch.toml")
     proc = run(cmd)
     assert proc.returncode == 0, proc.stderr[-2000:]
     logs = sorted((tmp_path / "runs").glob("*.log"))
@@ -32,8 +33,10 @@ def test_two_seeds_side_by_side_give_a_mean_and_spread_and_finished_runs_are_reu
     if threads:
         want = f"device cpu ({threads} thread{'s' if threads > 1 else ''})"
         assert all(want in log.read_text() for log in logs), want
-    # other train.py options make another report, beside that of the default recipe
-    [report_path] = (tmp_path / "out").glob("*-seeds-c1c2c3c4-*.json")
+    # a recipe file names the runs and the report
+    [report_path] = (tmp_path / "out").glob("*-seeds-big-batch-c1c2c3c4.json")
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir() if p.is_dir()) == \
+        ["big-batch-c1c2c3c4-e1-seed0", "big-batch-c1c2c3c4-e1-seed1"]
     report = json.loads(report_path.read_text())
     assert [r["seed"] for r in report["runs"]] == [0, 1]
     metrics = [json.loads((Path(r["run"]) / "metrics.json").read_text()) for r in report["runs"]]
@@ -53,20 +56,21 @@ def test_two_seeds_side_by_side_give_a_mean_and_spread_and_finished_runs_are_reu
     assert again.stdout.count("already finished, reused") == 2
     assert json.loads(report_path.read_text())["summary"] == report["summary"]
 
-    # a finished run of another recipe (trained before a default changed: --whiten on 2026-11-27) is not reused
+    # a finished run of another recipe (as when a default of train.py changes: --whiten did) is not reused
     config_path = Path(report["runs"][1]["run"]) / "config.json"
     older = json.loads(config_path.read_text())
-    older["args"]["whiten"] = False
+    older["recipe"]["values"]["whiten"] = False
     config_path.write_text(json.dumps(older))
     stale = run(cmd)
     assert stale.returncode == 2 and "Traceback" not in stale.stderr
-    assert "seed 1:" in stale.stderr and "(whiten False, not True)" in stale.stderr
+    assert "seed 1:" in stale.stderr and "(--whiten False, not True)" in stale.stderr
     assert json.loads(report_path.read_text())["summary"] == report["summary"]      # the report is left as it was
 
 
 @pytest.mark.parametrize("args, fragment", [
     (("--seeds", 1, 1), "each seed once"),
     (("--seeds", 1, "--", "--seed", 4), "set by bench.seeds itself"),
+    (("--seeds", 1, "--config", "no-such-recipe.toml"), "recipe no-such-recipe.toml does not exist"),
 ])
 def test_bad_options_are_refused_with_a_sentence(tmp_path, args, fragment):
     proc = run(seeds_cmd("--data-dir", tmp_path, "--out", tmp_path / "out", *args))
