@@ -649,6 +649,8 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path, resume: bool) -> dict:
           f"{amp_note}; {'channels-last' if args.channels_last else 'contiguous'}"
           f"{'; torch.compile' if args.compile else ''}{'; CUDA graph' if args.cuda_graph else ''}"
           f"{f'; {dist.world} processes (DistributedDataParallel)' if dist.enabled else ''}")
+    if getattr(train_loader, "summary", None):        # how the engine runs here (DALI: its operators and batch)
+        print(f"loader {args.loader}: {train_loader.summary}")
     code = config["code"]
     print(f"recipe {' + '.join(config['recipe']['files'])}; code "
           + (f"{code['commit'][:10]}{' with uncommitted changes' if code['dirty'] else ''}" if code else

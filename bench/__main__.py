@@ -18,10 +18,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# rows measured per engine (engine options); gpu: chunked augmentation (the default) beside the per-batch path
-# (a chunk of one image rounds up to one batch)
+# rows measured per engine (engine options); gpu: chunked augmentation (the default) beside the per-batch path,
+# dali: its own large batch (the default) beside a DALI batch of one training batch (a chunk or DALI batch of one
+# image rounds up to one training batch)
 VARIANTS = {"ffcv": {"ffcv[numba]": "mode=numba", "ffcv[torch]": "mode=torch"},
-            "gpu": {"gpu": "", "gpu[per-batch]": "chunk=1"}}
+            "gpu": {"gpu": "", "gpu[per-batch]": "chunk=1"},
+            "dali": {"dali": "", "dali[per-batch]": "pipe_batch=1"}}
 # engines that are a peer a user would pick instead, not a reproduction of the policy: the report also gives how
 # far from albumentations they land (the statistical parity harness, as figures)
 PEERS = ("kornia",)

@@ -58,6 +58,17 @@ class Normalizer:
         return (x - self.mean).mul_(self.inv_std)
 
 
+def whole_batches(given, default: int, batch_size: int, name: str) -> int:
+    """An engine's option of a number of images (``given``, or ``default`` when None; text from a command line's
+    k=v options is read as a number), rounded down to whole batches of ``batch_size``, at least one batch;
+    ValueError with a sentence for anything but a positive whole number."""
+    value = default if given is None else given
+    number = int(value) if isinstance(value, str) and value.isdigit() else value
+    if not isinstance(number, int) or isinstance(number, bool) or number < 1:
+        raise ValueError(f"{name} must be a positive number of images, not {value!r}.")
+    return max(1, number // batch_size) * batch_size
+
+
 def epoch_seed(seed: int, epoch: int, *more: int) -> int:
     """A 63-bit seed for (seed, epoch, ...), independent of how work is spread over workers."""
     return int(np.random.SeedSequence([seed, epoch, *more]).generate_state(2, np.uint32).astype(np.uint64)

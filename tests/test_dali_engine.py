@@ -107,3 +107,84 @@ def test_replay_mode_loader_runs_the_shared_sampler(mini_dir):
     assert sorted(i.tolist()) == list(range(len(x)))
     with pytest.raises(ValueError, match="mode"):
         build_loader("dali", mini_dir, "train", 512, mode="random")
+
+
+def test_dali_runs_at_its_own_batch_and_serves_slices_of_it(mini_dir, monkeypatch):
+    """DALI's batch (pipe_batch, whole training batches) is decoupled from the training batch: the pipeline runs
+    ceil(n / pipe_batch) times, the training batches are slices in the epoch's order with a partial last one, and
+    labels and indices follow the pixels (unaugmented pixels are the source images of the indices)."""
+    import pipeline.engines.dali as dali
+    split, _ = load_split(mini_dir, "train")
+    n = len(split.labels)
+    calls = []
+    real = dali._EpochSource.__call__
+    monkeypatch.setattr(dali._EpochSource, "__call__", lambda self, info: calls.append(real(self, info)) or calls[-1])
+    loader = build_loader("dali", mini_dir, "train", 128, augment=False, normalize=False, return_index=True,
+                          pipe_batch=1000)
+    assert loader.pipe_batch == 896 and "DALI batches of 896 images sliced into batches of 128" in loader.summary
+    batches = list(loader)
+    assert len(calls) == -(-n // 896)                 # batches given to DALI (the call after the last one stops)
+    assert [len(b[1]) for b in batches] == [128] * (n // 128) + [n % 128] and len(batches) == len(loader)
+    x, y, i = (torch.cat(t) for t in zip(*batches))
+    assert sorted(i.tolist()) == list(range(n))
+    np.testing.assert_array_equal(x.permute(0, 2, 3, 1).numpy(), split.images[i.numpy()])
+    np.testing.assert_array_equal(y.numpy(), split.labels[i.numpy()])
+    with pytest.raises(ValueError, match="pipe_batch must be a positive number of images"):
+        build_loader("dali", mini_dir, "train", 128, pipe_batch=0)
+
+
+def test_the_dali_batch_never_changes_a_replayed_epoch(mini_dir):
+    """In replay mode a sample's pixels depend only on its parameters: DALI batches of 256 or of 2,048 (with a
+    partial last one) give the same epoch, batch for batch; drop_last and shards too."""
+    def epoch(pipe_batch, **kw):
+        return epoch_of(build_loader("dali", mini_dir, "train", 128, seed=2, normalize=False, return_index=True,
+                                     mode="replay", pipe_batch=pipe_batch, **kw))
+    for kw in ({}, {"drop_last": True, "shard": (1, 2)}):
+        small, large = epoch(256, **kw), epoch(2048, **kw)
+        assert all(torch.equal(a, b) for a, b in zip(small, large)), kw
+
+
+@pytest.mark.slow
+def test_train_py_with_dali_and_a_graph_step_stand_in(mini_dir, tmp_path, monkeypatch):
+    """--loader dali --cuda-graph, all but the CUDA part: train.py hands the step DALI's batches (float32,
+    channels-last, the full size and the last partial one), a step that copies each into a static input buffer
+    as the graph step does (the buffer outlives the slice it was filled from), and the run learns."""
+    import json
+
+    import train
+    from model.training import Stepper
+    seen = []
+
+    class StaticBufferStep:
+        def __init__(self, net, opt, device, amp_dtype, label_smoothing=0.0):
+            self.step, self.buffers = Stepper(net, opt, device, amp_dtype, label_smoothing), {}
+            self.net, self.device, self.scaler = net, device, self.step.scaler
+
+        def __call__(self, x, y):
+            seen.append((len(y), x.dtype, x.is_contiguous(memory_format=torch.channels_last)))
+            sx, sy = self.buffers.setdefault(len(y), (torch.empty_like(x), torch.empty_like(y)))
+            sx.copy_(x), sy.copy_(y)
+            return self.step(sx, sy)
+
+    monkeypatch.setattr(train, "graph_problem", lambda device, dtype: None)
+    monkeypatch.setattr(train, "GraphStepper", StaticBufferStep)
+    out = tmp_path / "dali-graph"
+    assert train.main(["--data-dir", str(mini_dir), "--loader", "dali", "--cuda-graph", "--epochs", "1",
+                       "--arch", "dilated", "--amp", "off", "--out", str(out)]) == 0
+    n = json.loads((out / "config.json").read_text())["data"]["counts"]["train"]
+    assert {s[0] for s in seen} == {128, n % 128} and all(s[1] == torch.float32 and s[2] for s in seen)
+    assert json.loads((out / "metrics.json").read_text())[0]["test_acc"] > 0.15
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+def test_cuda_train_py_learns_with_dali_and_cuda_graph(mini_dir, tmp_path):
+    """The headline use on a GPU: --loader dali --cuda-graph, GPU operators fed from GPU memory, one epoch."""
+    import json
+
+    import train
+    out = tmp_path / "dali-graph"
+    assert train.main(["--data-dir", str(mini_dir), "--loader", "dali", "--cuda-graph", "--epochs", "1",
+                       "--out", str(out)]) == 0
+    loader = build_loader("dali", mini_dir, "train", 128, device="cuda")
+    assert loader.images.is_cuda and "GPU operators" in loader.summary
+    assert json.loads((out / "metrics.json").read_text())[0]["test_acc"] > 0.15

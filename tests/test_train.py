@@ -289,11 +289,13 @@ def test_evaluate_reports_and_refuses_bad_checkpoints(mini_dir, tmp_path, monkey
 
 
 @pytest.mark.slow
-def test_two_processes_with_gloo_see_every_sample_once(mini_dir, tmp_path):
+@pytest.mark.parametrize("loader", ["gpu", pytest.param("dali", marks=pytest.mark.skipif(
+    "dali" not in available_loaders(), reason="NVIDIA DALI is not installed (pip install -e '.[dali]')"))])
+def test_two_processes_with_gloo_see_every_sample_once(mini_dir, tmp_path, loader):
     out = tmp_path / "ddp"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     proc = run(torchrun + ["train.py", "--data-dir", str(mini_dir), "--epochs", "1", "--log-samples",
-                           "--out", str(out)])
+                           "--loader", loader, "--out", str(out)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     seen = [json.loads((out / f"samples-epoch1-rank{r}.json").read_text()) for r in range(2)]
     n = json.loads((out / "config.json").read_text())["data"]["counts"]["train"]

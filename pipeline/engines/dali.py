@@ -38,11 +38,12 @@ from nvidia.dali import pipeline_def
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from pipeline.format import load_split
-from pipeline.output import epoch_order, epoch_seed
+from pipeline.output import epoch_order, epoch_seed, whole_batches
 from pipeline.params import Params, dropout_fill, forward_matrix, sample_params, ssr_fill
 from pipeline.policy import AugmentPolicy
 
 log = logging.getLogger("cifarflow.dali")
+DEFAULT_PIPE_BATCH = 2048   # images per DALI iteration (whole training batches); train.py's batches are slices
 _logged = set()
 
 
@@ -161,37 +162,54 @@ def _device_id(device: torch.device):
 # ---------------------------------------------------------------------------------------------
 
 class _EpochSource:
-    """external_source callback: one batch of (images, labels, indices) per call, then StopIteration."""
+    """external_source callback: the images of one DALI batch per call, then StopIteration. ``images`` and ``order``
+    are tensors on the loader's device: with CUDA the batch is gathered on the GPU and DALI reads it there, on
+    PyTorch's current stream (no host copy); on the CPU the same gather feeds DALI's CPU operators."""
 
-    def __init__(self, images, labels, order, batch_size):
-        self.images, self.labels, self.order, self.batch_size = images, labels, order, batch_size
+    def __init__(self, images, order, batch_size):
+        self.images, self.order, self.batch_size = images, order, batch_size
 
     def __call__(self, info):
         idx = self.order[info.iteration * self.batch_size:(info.iteration + 1) * self.batch_size]
         if len(idx) == 0:
             raise StopIteration
-        return self.images[idx], self.labels[idx], idx.astype(np.int64)
+        batch = self.images[idx]
+        return batch if batch.is_cuda else batch.numpy()    # (DALI asks CUDA for a stream for any torch tensor)
 
 
 class DaliLoader:
     """One epoch per ``iter()``; the epoch number advances after each, or is set with ``set_epoch``.
-    Each epoch builds its pipeline with a seed from (seed, epoch), so an epoch can be replayed."""
+    Each epoch builds its pipeline with a seed from (seed, epoch), so an epoch can be replayed.
+
+    DALI runs at its own batch, ``pipe_batch`` images (whole training batches; default ``DEFAULT_PIPE_BATCH``):
+    its fixed cost per iteration is paid once per ``pipe_batch`` images, and the training batches are slices of
+    its output, in the epoch's order. Labels and indices never pass through DALI: they are read from the epoch's
+    order, on the device. With CUDA the images live on the GPU once and each DALI batch is gathered there."""
 
     def __init__(self, data_dir, split, batch_size, *, device, policy: AugmentPolicy, augment, seed,
                  normalize, return_index, shuffle=None, drop_last=False, shard=(0, 1), mode="native",
-                 num_threads=None, params_seed=None):
+                 num_threads=None, pipe_batch=None):
         if mode not in ("native", "replay"):
             raise ValueError(f"DALI mode must be 'native' or 'replay', not {mode!r}.")
+        self.pipe_batch = whole_batches(pipe_batch, DEFAULT_PIPE_BATCH, batch_size, "pipe_batch")
         data, _ = load_split(data_dir, split)
-        self.images, self.labels = np.array(data.images), np.array(data.labels)
+        self.images = np.array(data.images)
         self.device, self.policy, self.augment, self.seed = device, policy, augment, seed
         self.batch_size, self.drop_last, self.normalize, self.return_index = batch_size, drop_last, normalize, return_index
         self.shuffle = split == "train" if shuffle is None else shuffle
         self.rank, self.world = shard
         self.mode = mode
-        self.num_threads = num_threads or os.cpu_count() or 1
+        self.num_threads = int(num_threads or os.cpu_count() or 1)
         self.device_id = _device_id(device)
+        # resident on the device (the GPU where there is one), read once; DALI is fed batches gathered there
+        self.images = torch.from_numpy(self.images).to(device)
+        self.labels = torch.from_numpy(np.array(data.labels)).to(device)
         self._next_epoch = 0
+        self.summary = (f"DALI {'GPU' if self.device_id is not None else 'CPU'} operators"
+                        f"{f' on cuda:{self.device_id}, fed from GPU memory' if self.device_id is not None else ''}"
+                        f", {mode} random parameters, DALI batches of {self.pipe_batch} images sliced into batches "
+                        f"of {batch_size}")
+        _log_once(self.summary)
 
     def set_epoch(self, epoch: int) -> None:
         self._next_epoch = epoch
@@ -206,48 +224,48 @@ class DaliLoader:
         n = len(range(self.rank, len(self.labels), self.world))
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def _pipeline(self, epoch: int):
-        order = self._order(epoch)
-        source = _EpochSource(self.images, self.labels, order, self.batch_size)
-        policy, on_gpu = self.policy, self.device_id is not None
+    def _pipeline(self, epoch: int, order: np.ndarray, device_order: torch.Tensor):
+        on_gpu = self.device_id is not None
+        source = _EpochSource(self.images, device_order, self.pipe_batch)
+        policy = self.policy
         replay_params = None
         if self.augment and self.mode == "replay":
             gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, 1))
             replay_params = sample_params(len(order), policy, gen)
 
-        @pipeline_def(batch_size=self.batch_size, num_threads=self.num_threads, device_id=self.device_id,
+        @pipeline_def(batch_size=self.pipe_batch, num_threads=self.num_threads, device_id=self.device_id,
                       seed=epoch_seed(self.seed, epoch) % (1 << 31), prefetch_queue_depth=2, exec_dynamic=True)
         def pipe():
-            x, y, idx = fn.external_source(source=source, num_outputs=3, batch=True, batch_info=True,
-                                           layout=["HWC", "", ""], dtype=[types.UINT8, types.INT64, types.INT64])
-            if on_gpu:
-                x = x.gpu()
+            x = fn.external_source(source=source, batch=True, batch_info=True, layout="HWC", dtype=types.UINT8,
+                                   device="gpu" if on_gpu else "cpu")
             if self.augment:
                 if replay_params is None:
                     p = native_params(policy)
                     x = augment(x, p["flip"], p["matrix"], p["anchor"], p["shape"], policy)
                 else:
                     flip, matrix, anchor, shape = fn.external_source(
-                        source=_ReplaySource(replay_params, policy, self.batch_size), num_outputs=4,
+                        source=_ReplaySource(replay_params, policy, self.pipe_batch), num_outputs=4,
                         batch=True, batch_info=True)
                     x = augment(x, flip, matrix, anchor, shape, policy)
-            return finish(x, policy, self.normalize), y, idx
+            return finish(x, policy, self.normalize)
 
         return pipe()
 
     def __iter__(self):
         epoch, self._next_epoch = self._next_epoch, self._next_epoch + 1
-        pipe = self._pipeline(epoch)
+        order = self._order(epoch)
+        device_order = torch.from_numpy(order.astype(np.int64)).to(self.device)
+        pipe = self._pipeline(epoch, order, device_order)
         pipe.build()
-        it = DALIGenericIterator([pipe], ["x", "y", "i"], size=-1, auto_reset=False)
-        target = self.device
-        for batch in it:
-            b = batch[0]
-            x = b["x"].permute(0, 3, 1, 2)           # NCHW view of the HWC batch: channels-last
-            y, i = b["y"].reshape(-1), b["i"].reshape(-1)
-            if target.type == "cuda":
-                y, i = y.to(target, non_blocking=True), i.to(target, non_blocking=True)
-            yield (x, y, i) if self.return_index else (x, y)
+        it = DALIGenericIterator([pipe], ["x"], size=-1, auto_reset=False)
+        start = 0
+        for out in it:
+            x = out[0]["x"].permute(0, 3, 1, 2)           # NCHW view of the HWC batch: channels-last
+            for b in range(0, len(x), self.batch_size):
+                idx = device_order[start + b:start + b + self.batch_size]
+                xb = x[b:b + self.batch_size]
+                yield (xb, self.labels[idx], idx) if self.return_index else (xb, self.labels[idx])
+            start += len(x)
         del it, pipe
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from pipeline.format import load_split
-from pipeline.output import Normalizer, epoch_seed
+from pipeline.output import Normalizer, epoch_seed, whole_batches
 from pipeline.ops import apply, replay  # noqa: F401  (replay: this engine's entry for the parity harness)
 from pipeline.params import Params, sample_params
 from pipeline.policy import AugmentPolicy
@@ -43,12 +43,9 @@ class GpuLoader:
         self.output = Normalizer(policy, device, normalize)
         self.apply = torch.compile(apply, dynamic=False) if compile else apply
         self._next_epoch = 0
-        given = DEFAULT_CHUNK if chunk is None else chunk
-        chunk = int(given) if isinstance(given, str) and given.isdigit() else given     # k=v options are text
-        if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
-            raise ValueError(f"chunk must be a positive number of images, not {given!r}.")
-        # whole batches per chunk, at least one
-        self.chunk = max(1, chunk // batch_size) * batch_size
+        self.chunk = whole_batches(chunk, DEFAULT_CHUNK, batch_size, "chunk")
+        self.summary = (f"augmented on {device} in chunks of {self.chunk} images sliced into batches of {batch_size}"
+                        + (", the next chunk made on a side stream" if device.type == "cuda" else ""))
 
     def set_epoch(self, epoch: int) -> None:
         self._next_epoch = epoch

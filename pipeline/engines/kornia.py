@@ -62,6 +62,7 @@ class KorniaLoader(GpuLoader):
         super().__init__(data_dir, split, batch_size, device=device, policy=policy, augment=augment, seed=seed,
                          normalize=normalize, return_index=return_index, shuffle=shuffle, drop_last=drop_last,
                          shard=shard, chunk=batch_size if chunk is None else chunk)
+        self.summary = f"kornia.augmentation on {device}, {self.chunk} images per call, batches of {batch_size}"
 
     def epoch_params(self, n: int, gen: torch.Generator, epoch: int) -> dict:
         """kornia draws its own parameters: the epoch holds the state of the CPU generator it draws them with."""
