@@ -104,6 +104,8 @@ def _main(argv=None) -> int:
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--batch-size", type=int, default=None, help="default 512 (256 with --quick)")
     ap.add_argument("--repeats", type=int, default=3, help="timed loader-only epochs per engine")
+    ap.add_argument("--scaling", default=None, metavar="B,B,...",
+                    help="batch sizes of the loader-only scaling (default 128,256,512,1024,2048; --quick: 128,512)")
     ap.add_argument("--e2e-batches", type=int, default=None,
                     help="time end-to-end training on this many batches per engine and scale to an epoch "
                          "(default: one full epoch; --quick: 4)")
@@ -116,6 +118,8 @@ def _main(argv=None) -> int:
         args.batch_size = 256 if args.quick else 512
     if args.batch_size < 1 or args.repeats < 1:
         ap.error("--batch-size and --repeats must be positive")
+    if args.scaling is not None and not all(v.isdigit() and int(v) > 0 for v in args.scaling.split(",")):
+        ap.error(f"--scaling {args.scaling!r}: give positive batch sizes separated by commas, e.g. 128,512")
 
     import torch
     from model import build_model, count_parameters, custom
@@ -142,7 +146,7 @@ def _main(argv=None) -> int:
 
     desc, slug = device_name(device)
     repeats = 1 if args.quick else args.repeats
-    scaling = "128,512" if args.quick else "128,256,512,1024,2048"
+    scaling = args.scaling or ("128,512" if args.quick else "128,256,512,1024,2048")
     out_dir = Path(args.out)
     common = ["--data-dir", str(Path(args.data_dir).resolve()), "--device", device, "--batch-size",
               str(args.batch_size)]

@@ -1,9 +1,10 @@
 # Shared by bench/gpu_report.sh, bench/gpu_accuracy.sh and bench/gpu_graph.sh (sourced, not run): installing the carried wheels
 # and converting the carried data archive, the two steps every device call starts with.
 #
-#   install_wheels DEPS     pip-installs (offline, no dependency resolution) wheels/small/*.whl and the DALI
-#                           wheel joined from wheels/dali/*.part-* (bench/prepare_gpu_wheels.sh makes both)
-#                           into the folder DEPS, and puts DEPS and the project on PYTHONPATH
+#   install_wheels DEPS     pip-installs (offline, no dependency resolution) wheels/{small,ffcv,llvmlite}/*.whl and the DALI
+#                           wheel joined from wheels/dali/*.part-* and checked against wheels/dali/SHA256
+#                           (bench/prepare_gpu_wheels.sh makes both; WHEELS=DIR for another folder) into the
+#                           folder DEPS, and puts DEPS and the project on PYTHONPATH
 #   use_carried_mini        points the tests at data/shared (CIFARFLOW_SHARED) where a copy of cifar10-mini was
 #                           carried there, so the tests that need real pictures run on them
 #   convert_data OUT [SRC]  converts SRC (default: data/cifar10-jpeg.tar.gz, carried, or ../shared's copy) into
@@ -12,18 +13,28 @@
 PY=${PY:-${PYTHON:-python3}}
 
 install_wheels() {
-    local deps=$1
+    local deps=$1 wheels=${WHEELS:-wheels}
     mkdir -p "$deps"
-    if ls wheels/dali/*.part-* >/dev/null 2>&1; then
+    if ls "$wheels"/dali/*.part-* >/dev/null 2>&1; then
         local part whl
-        part=$(ls wheels/dali/*.part-* | head -n1)
+        part=$(ls "$wheels"/dali/*.part-* | head -n1)
         whl="/tmp/$(basename "${part%.part-*}")"
-        cat wheels/dali/*.part-* > "$whl"
+        cat "$wheels"/dali/*.part-* > "$whl"
+        local sums; sums="$(cd "$wheels/dali" && pwd)/SHA256"
+        if [ -f "$sums" ] && ! (cd /tmp && sha256sum --quiet -c "$sums"); then
+            echo "error: the DALI wheel joined from $wheels/dali/*.part-* is not the one prepared (a part is missing or" \
+                 "was cut short): carry every part, then run again"
+            return 1
+        fi
         $PY -m pip install --quiet --no-index --no-deps --no-compile --target "$deps" "$whl" || return 1
     fi
-    if ls wheels/small/*.whl >/dev/null 2>&1; then
-        $PY -m pip install --quiet --no-index --no-deps --no-compile --target "$deps" wheels/small/*.whl || return 1
-    fi
+    local group
+    for group in small ffcv llvmlite; do
+        if ls "$wheels/$group"/*.whl >/dev/null 2>&1; then
+            $PY -m pip install --quiet --no-index --no-deps --no-compile --target "$deps" "$wheels/$group"/*.whl \
+                || return 1
+        fi
+    done
     export PYTHONPATH="$deps:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 }
 

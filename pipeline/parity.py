@@ -113,6 +113,20 @@ def replay_parity(engine: str, images: np.ndarray, policy: AugmentPolicy, seed: 
     return checks, full
 
 
+def device_difference(engine: str, images: np.ndarray, policy: AugmentPolicy, device, seed: int = 0) -> Check:
+    """The engine's output on ``device`` against its own output on the CPU, for the same parameters: where a
+    GPU's operators round differently from the CPU's (DALI's warp may), by how much. A figure, not a rule."""
+    module = engine_module(engine)
+    params = sample_params(len(images), policy, torch.Generator().manual_seed(seed))
+    batch = torch.from_numpy(np.array(images))
+    on_device = module.replay(batch.to(device), params, policy).cpu().numpy()
+    on_cpu = module.replay(batch, params, policy).numpy()
+    c = compare(on_cpu, on_device)
+    return Check("pixel", f"{torch.device(device).type} against CPU", True,
+                 f"max diff {c['max_diff']}, {100 * c['share']:.4f}% of values differ ({len(images)} images, the "
+                 f"same parameters; a figure)")
+
+
 # ---------------------------------------------------------------------------------------------
 # statistical parity
 # ---------------------------------------------------------------------------------------------
@@ -315,6 +329,9 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=2000, help="images for pixel parity (default 2000)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--against-cpu", action="store_true",
+                    help="with a GPU --device, also say how far the engine's GPU output is from its own CPU output "
+                         "for the same parameters (engines that replay them)")
     add_policy_arguments(ap)
     args = ap.parse_args(argv)
     if args.images < 1:
@@ -328,6 +345,8 @@ def main(argv=None) -> int:
             print(f"note: {note}")
         images = np.asarray(split.images[:args.images])
         pixel, full = replay_parity(args.loader, images, policy, args.seed, device)
+        if args.against_cpu and device.type != "cpu" and full is not None:
+            pixel.append(device_difference(args.loader, images, policy, device, args.seed))
         stats = statistical_parity(args.loader, args.data_dir, policy, args.seed, device)
         ok = True
         for title, checks in (("pixel parity (replayed parameters)", pixel),

@@ -59,3 +59,28 @@ def test_the_mean_image_check_counts_in_standard_errors(spread):
     z_biased, _, _ = mean_image_difference(biased, ref)
     assert z_biased > 4 * MEAN_IMAGE_Z_TOL
     assert mean_image_difference(ref, ref)[0] == 0.0
+
+
+def test_the_device_difference_is_a_figure_of_the_engines_own_two_outputs(mini_dir, monkeypatch):
+    """device_difference replays the same parameters on the device and on the CPU and reports how far apart they
+    are (here both on the CPU, with one output shifted by one level in one value, to see the figure move)."""
+    import numpy as np
+
+    import pipeline.engines.gpu as gpu
+    from pipeline.format import load_split
+    from pipeline.parity import device_difference
+    from pipeline.policy import AugmentPolicy
+    split, meta = load_split(mini_dir, "train")
+    images, policy = np.asarray(split.images[:50]), AugmentPolicy.from_meta(meta)
+    assert "max diff 0, 0.0000% of values differ" in device_difference("gpu", images, policy, "cpu").figures
+    real, calls = gpu.replay, []
+
+    def one_off(batch, params, pol):
+        out = real(batch, params, pol).clone()
+        calls.append(1)
+        if len(calls) == 1:
+            out[0, 0, 0, 0] = out[0, 0, 0, 0] ^ 1
+        return out
+    monkeypatch.setattr(gpu, "replay", one_off)
+    c = device_difference("gpu", images, policy, "cpu")
+    assert c.passed and "max diff 1, 0.0007% of values differ (50 images" in c.figures
