@@ -18,8 +18,9 @@
 # time only by the operators that use them (`readelf -d` of the wheel's libraries names no CUDA or nvimgcodec
 # library; they are opened when needed), and cifarflow uses neither, so they stay behind. What DALI imports
 # at start-up (astunparse, gast, six, optree, packaging, nvtx, makefun, libcst) travels in wheels/small.
-# Checked here in a Python 3.12 environment with only numpy and these wheels: `import nvidia.dali` and a
-# pipeline of cifarflow's operators on DALI's CPU backend (PY_VERSION=3.12 bash bench/check_dali_wheels.sh).
+# Checked here in a Python 3.12 environment with only numpy, OpenCV and these wheels: `import nvidia.dali` and a
+# pipeline of cifarflow's operators on DALI's CPU backend, FFCV's library with its bundled libraries, numba
+# (PY_VERSION=3.12 PYTHON_BIN=python3.12 bash bench/check_gpu_wheels.sh, 20 s).
 #
 # The GPU report then takes six device calls in quick succession: bench/gpu_report.sh's header lists them.
 #
