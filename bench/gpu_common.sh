@@ -1,8 +1,9 @@
 # Shared by bench/gpu_report.sh, bench/gpu_accuracy.sh and bench/gpu_graph.sh (sourced, not run): installing the carried wheels
 # and converting the carried data archive, the two steps every device call starts with.
 #
-#   install_wheels DEPS     pip-installs (offline, no dependency resolution) wheels/{small,ffcv,llvmlite}/*.whl and the DALI
-#                           wheel joined from wheels/dali/*.part-* and checked against wheels/dali/SHA256
+#   install_wheels DEPS     pip-installs (offline, no dependency resolution) wheels/{small,ffcv,llvmlite}/*.whl
+#                           and the DALI wheel joined from wheels/dali/*.part-* and checked against
+#                           wheels/dali/SHA256
 #                           (bench/prepare_gpu_wheels.sh makes both; WHEELS=DIR for another folder) into the
 #                           folder DEPS, and puts DEPS and the project on PYTHONPATH
 #   use_carried_mini        points the tests at data/shared (CIFARFLOW_SHARED) where a copy of cifar10-mini was
@@ -22,8 +23,8 @@ install_wheels() {
         cat "$wheels"/dali/*.part-* > "$whl"
         local sums; sums="$(cd "$wheels/dali" && pwd)/SHA256"
         if [ -f "$sums" ] && ! (cd /tmp && sha256sum --quiet -c "$sums"); then
-            echo "error: the DALI wheel joined from $wheels/dali/*.part-* is not the one prepared (a part is missing or" \
-                 "was cut short): carry every part, then run again"
+            echo "error: the DALI wheel joined from $wheels/dali/*.part-* is not the one prepared (a part is" \
+                 "missing or was cut short): carry every part, then run again"
             return 1
         fi
         $PY -m pip install --quiet --no-index --no-deps --no-compile --target "$deps" "$whl" || return 1
