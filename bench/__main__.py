@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {"ffcv": {"ffcv[numba]": "mode=numba", "ffcv[torch]": "mode=torch"},
             "gpu": {"gpu": "", "gpu[per-batch]": "chunk=1"},
             "dali": {"dali": "", "dali[per-batch]": "pipe_batch=1"}}
+# where the step runs in bf16 (a GPU): the gpu engine's batches straight in bf16 as well
+BF16_VARIANTS = {"gpu": {"gpu[bf16]": "dtype=bfloat16"}}
 # engines that are a peer a user would pick instead, not a reproduction of the policy: the report also gives how
 # far from albumentations they land (the statistical parity harness, as figures)
 PEERS = ("kornia",)
@@ -183,7 +185,10 @@ def _main(argv=None) -> int:
             print(f"[bench] {name}: unavailable ({reason})", flush=True)
             result["engines"][name] = {"available": False, "reason": reason}
             continue
-        for row, options in VARIANTS.get(name, {name: ""}).items():
+        rows = dict(VARIANTS.get(name, {name: ""}))
+        if precision(torch.device(device), "auto")[0] == torch.bfloat16:
+            rows.update(BF16_VARIANTS.get(name, {}))
+        for row, options in rows.items():
             print(f"[bench] {row}: loader-only x{repeats}, batch scaling {scaling}, end-to-end", flush=True)
             wargs = [*common, "--engine", name, "--repeats", str(repeats), "--scaling", scaling, "--options", options]
             e2e_batches = args.e2e_batches or (4 if args.quick else None)

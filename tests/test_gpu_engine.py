@@ -194,3 +194,22 @@ def test_chunk_is_whole_batches_and_bounded(tiny_dir):
     assert build_loader("gpu", tiny_dir, "train", 100, chunk=50).chunk == 100
     with pytest.raises(ValueError, match="chunk must be a positive number"):
         build_loader("gpu", tiny_dir, "train", 100, chunk=0)
+
+
+def test_bf16_output_is_what_a_bf16_autocast_step_sees(mini_dir):
+    """dtype="bfloat16": the same normalized batches rounded to bf16, channels-last, at half the bytes; under bf16
+    autocast the net's first convolution casts float32 input to exactly that, so the step computes the same."""
+    from model import build_model
+    f32 = epoch(build_loader("gpu", mini_dir, "train", 256, seed=3, return_index=True))
+    bf16 = epoch(build_loader("gpu", mini_dir, "train", 256, seed=3, return_index=True, dtype="bfloat16"))
+    assert bf16[0].dtype == torch.bfloat16 and bf16[0].is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(bf16[0], f32[0].to(torch.bfloat16))
+    assert torch.equal(bf16[1], f32[1]) and torch.equal(bf16[2], f32[2])
+    torch.manual_seed(0)
+    net = build_model().eval().to(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(net(f32[0][:64]), net(bf16[0][:64]))
+    loader = build_loader("gpu", mini_dir, "train", 256, dtype="bfloat16")
+    assert loader.chunk_bytes() == loader.chunk * 3 * 32 * 32 * 2
+    with pytest.raises(ValueError, match="dtype must be one of float32, bfloat16"):
+        build_loader("gpu", mini_dir, "train", 256, dtype="float16")

@@ -32,7 +32,7 @@ class GpuLoader:
 
     def __init__(self, data_dir, split, batch_size, *, device, policy: AugmentPolicy, augment, seed,
                  normalize, return_index, shuffle=None, drop_last=False, shard=(0, 1), compile=False,
-                 chunk: int | None = None):
+                 chunk: int | None = None, dtype: str = "float32"):
         data, _ = load_split(data_dir, split)
         self.images = torch.from_numpy(np.array(data.images)).to(device)   # read once, resident
         self.labels = torch.from_numpy(np.array(data.labels)).to(device)
@@ -40,7 +40,7 @@ class GpuLoader:
         self.batch_size, self.drop_last, self.return_index = batch_size, drop_last, return_index
         self.shuffle = split == "train" if shuffle is None else shuffle
         self.rank, self.world = shard
-        self.output = Normalizer(policy, device, normalize)
+        self.output = Normalizer(policy, device, normalize, dtype)
         self.apply = torch.compile(apply, dynamic=False) if compile else apply
         self._next_epoch = 0
         self.chunk = whole_batches(chunk, DEFAULT_CHUNK, batch_size, "chunk")
@@ -59,7 +59,8 @@ class GpuLoader:
 
     def chunk_bytes(self) -> int:
         """Device memory of one augmented chunk; at most two are alive (the one served, the next being made)."""
-        return self.chunk * 3 * self.policy.image_size ** 2 * (4 if self.output.normalize else 1)
+        return self.chunk * 3 * self.policy.image_size ** 2 * (self.output.dtype.itemsize if self.output.normalize
+                                                                else 1)
 
     def epoch_params(self, n: int, gen: torch.Generator, epoch: int) -> Params:
         """The per-sample parameters of the epoch's ``n`` samples, in one draw."""
