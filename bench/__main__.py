@@ -18,12 +18,24 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# rows measured per engine (engine options); gpu: chunked augmentation (the default) beside the per-batch path,
-# dali: its own large batch (the default) beside a DALI batch of one training batch (a chunk or DALI batch of one
-# image rounds up to one training batch)
+# rows measured per engine (engine options). gpu: its default (chunks of 8,192 on a GPU, one batch on a CPU) beside
+# the other path: per-batch on a GPU, chunks of 8,192 on a CPU. dali: its own large batch (the default) beside a
+# DALI batch of one training batch. (A chunk or DALI batch of one image rounds up to one training batch.)
 VARIANTS = {"ffcv": {"ffcv[numba]": "mode=numba", "ffcv[torch]": "mode=torch"},
-            "gpu": {"gpu": "", "gpu[per-batch]": "chunk=1"},
             "dali": {"dali": "", "dali[per-batch]": "pipe_batch=1"}}
+GPU_VARIANTS = {"cuda": {"gpu": "", "gpu[per-batch]": "chunk=1"},
+                "cpu": {"gpu": "", "gpu[chunks of 8192]": "chunk=8192"}}
+
+
+def variants(name: str, device: str, step_dtype) -> dict[str, str]:
+    """The report rows of engine ``name`` on ``device`` (cpu or cuda), row -> engine options."""
+    import torch
+    rows = dict(GPU_VARIANTS[device] if name == "gpu" else VARIANTS.get(name, {name: ""}))
+    if step_dtype == torch.bfloat16:
+        rows.update(BF16_VARIANTS.get(name, {}))
+    return rows
+
+
 # where the step runs in bf16 (a GPU): the gpu engine's batches straight in bf16 as well
 BF16_VARIANTS = {"gpu": {"gpu[bf16]": "dtype=bfloat16"}}
 # engines that are a peer a user would pick instead, not a reproduction of the policy: the report also gives how
@@ -185,10 +197,7 @@ def _main(argv=None) -> int:
             print(f"[bench] {name}: unavailable ({reason})", flush=True)
             result["engines"][name] = {"available": False, "reason": reason}
             continue
-        rows = dict(VARIANTS.get(name, {name: ""}))
-        if precision(torch.device(device), "auto")[0] == torch.bfloat16:
-            rows.update(BF16_VARIANTS.get(name, {}))
-        for row, options in rows.items():
+        for row, options in variants(name, device, precision(torch.device(device), "auto")[0]).items():
             print(f"[bench] {row}: loader-only x{repeats}, batch scaling {scaling}, end-to-end", flush=True)
             wargs = [*common, "--engine", name, "--repeats", str(repeats), "--scaling", scaling, "--options", options]
             e2e_batches = args.e2e_batches or (4 if args.quick else None)

@@ -49,10 +49,13 @@ def derive(result: dict) -> dict:
     targets.append({"name": f"fastest end-to-end epoch ({fastest[1]}), scaled to 50,000 images", "value": per_50k,
                     "target": f"< {TARGET_EPOCH_S:g} s on an H100",
                     "met": per_50k < TARGET_EPOCH_S if on_gpu and "H100" in result["device"] else None})
-    # the gpu loader's chunks and DALI's own batch against their per-batch paths, side by side, at the batch sizes
-    # training uses
-    for name, key in (("gpu", "gpu_chunk_speedup"), ("dali", "dali_pipe_batch_speedup")):
-        large, per_batch = result["engines"].get(name, {}), result["engines"].get(f"{name}[per-batch]", {})
+    # the gpu loader's chunks of 8,192 and DALI's own batch against their per-batch paths, side by side, at the batch
+    # sizes training uses (on a CPU the gpu loader's default is per-batch, and its chunks a row of their own)
+    cpu_rows = "gpu[chunks of 8192]" in result["engines"]
+    for key, large_row, per_batch_row in (("gpu_chunk_speedup", "gpu[chunks of 8192]" if cpu_rows else "gpu",
+                                           "gpu" if cpu_rows else "gpu[per-batch]"),
+                                          ("dali_pipe_batch_speedup", "dali", "dali[per-batch]")):
+        large, per_batch = result["engines"].get(large_row, {}), result["engines"].get(per_batch_row, {})
         if large.get("available") and per_batch.get("available"):
             result[key] = {bs: large["batch_scaling"][bs] / per_batch["batch_scaling"][bs] for bs in ("128", "512")
                            if bs in large["batch_scaling"] and bs in per_batch["batch_scaling"]}

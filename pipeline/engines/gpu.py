@@ -24,7 +24,16 @@ from pipeline.params import Params, sample_params
 from pipeline.policy import AugmentPolicy
 
 
-DEFAULT_CHUNK = 8192      # images augmented in one pass: about 100 MB of float32 output per chunk
+# images augmented in one pass on a GPU (about 100 MB of float32 output per chunk), where the per-batch path is bound
+# by a dozen kernel launches per batch. On a CPU there are no launches to save and the large temporaries cost memory
+# traffic: chunks of 8,192 ran at 0.35x the per-batch path on a 2-core CPU at batches of 128 and 512
+# (bench/results/2026-12-06-cpu-2core.md), so there a chunk is one batch.
+CUDA_CHUNK = 8192
+
+
+def default_chunk(device: torch.device, batch_size: int) -> int:
+    return CUDA_CHUNK if device.type == "cuda" else batch_size
+
 
 
 class GpuLoader:
@@ -43,7 +52,7 @@ class GpuLoader:
         self.output = Normalizer(policy, device, normalize, dtype)
         self.apply = torch.compile(apply, dynamic=False) if compile else apply
         self._next_epoch = 0
-        self.chunk = whole_batches(chunk, DEFAULT_CHUNK, batch_size, "chunk")
+        self.chunk = whole_batches(chunk, default_chunk(device, batch_size), batch_size, "chunk")
         self.summary = (f"augmented on {device} in chunks of {self.chunk} images sliced into batches of {batch_size}"
                         + (", the next chunk made on a side stream" if device.type == "cuda" else ""))
 
