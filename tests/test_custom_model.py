@@ -129,3 +129,32 @@ def test_max_params_refuses_a_model_over_the_budget(user_module, tiny_dir, tmp_p
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
     wide = train("--arch", "dilated", "--widths", 8, 16, 16, 24, "--max-params", 5000, "--data-dir", tiny_dir)
     assert wide.returncode == 2 and "must stay under 5,000" in wide.stderr
+
+
+@pytest.mark.slow
+def test_a_students_network_trains_under_torchrun_and_with_compile(tiny_dir, tmp_path):
+    """--model goes where the built-in nets go: two processes with DistributedDataParallel (gloo here, NCCL on
+    GPUs) train it on disjoint shards, and --compile compiles it."""
+    import subprocess
+    import sys
+    out = tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run(torchrun + ["train.py", "--model", f"{STUDENT}:Net", "--data-dir", str(tiny_dir),
+                                      "--epochs", "1", "--out", str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["world_size"] == 2 and config["parameters"] == 183_674
+    compiled = train("--model", f"{STUDENT}:Net", "--data-dir", tiny_dir, "--epochs", 1, "--compile",
+                     "--out", tmp_path / "compiled")
+    assert compiled.returncode == 0, compiled.stderr[-3000:]
+    assert "torch.compile" in compiled.stdout
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+def test_cuda_a_students_network_trains_with_cuda_graph(mini_dir, tmp_path):
+    proc = train("--model", f"{STUDENT}:Net", "--data-dir", mini_dir, "--epochs", 1, "--cuda-graph",
+                 "--out", tmp_path / "graph")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "CUDA graph" in proc.stdout
+    assert json.loads((tmp_path / "graph" / "metrics.json").read_text())[0]["test_acc"] > 0.15
