@@ -31,7 +31,7 @@ from model.checkpoint import (CUSTOM, CheckpointError, checkpoint_weights, load,
 from model.training import AMP_CHOICES, GraphStepper, Stepper, graph_problem, precision
 from pipeline import build_loader, known_loaders
 from pipeline.albu_import import add_policy_arguments, policy_for
-from pipeline.cli import os_error_sentence, run_main
+from pipeline.cli import HelpFormatter, os_error_sentence, run_main
 from pipeline.format import load_split, read_meta
 from pipeline.output import Normalizer, resolve_device
 from pipeline.policy import AugmentPolicy
@@ -74,19 +74,6 @@ def fraction(text):
     if not 0 <= v < 1:
         raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
     return v
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Shows each option's default where it has one (not "None" or an off switch), keeps the epilog's lines."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        default = action.default
-        if ("%(default)" in text or default is None or default is False or default is argparse.SUPPRESS
-                or not action.option_strings
-                or isinstance(action, argparse._HelpAction)):
-            return text
-        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
 
 
 class _RaisingParser(argparse.ArgumentParser):

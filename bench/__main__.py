@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pipeline.cli import DefaultsHelpFormatter
+
 ROOT = Path(__file__).resolve().parents[1]
 # rows measured per engine (engine options). gpu: its default (chunks of 8,192 on a GPU, one batch on a CPU) beside
 # the other path: per-batch on a GPU, chunks of 8,192 on a CPU. dali: its own large batch (the default) beside a
@@ -107,7 +109,7 @@ def _main(argv=None) -> int:
         description="Loader-only throughput of every engine, the model-only bound, end-to-end epoch time and its "
                     "ratio to the bound, the effect of channels-last/AMP/compile, batch-size scaling, peak memory; "
                     "JSON + markdown + PNG report.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelpFormatter)
     ap.add_argument("--loaders", default="all", help="'all' or a comma-separated list of engines")
     ap.add_argument("--data-dir", required=True, help="converted data (cifar10-mini for --quick)")
     ap.add_argument("--quick", action="store_true",

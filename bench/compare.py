@@ -18,6 +18,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from pipeline.cli import DefaultsHelpFormatter
+
 
 def load_report(path) -> dict:
     path = Path(path)
@@ -112,7 +114,7 @@ def compare(base: dict, other: dict, goal: float) -> list[str]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=DefaultsHelpFormatter)
     ap.add_argument("baseline", help="a bench.seeds report (.json)")
     ap.add_argument("other", help="another bench.seeds report (.json)")
     ap.add_argument("--goal", type=float, default=88.0, help="test accuracy to reach, in percent")

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from pipeline.cli import DefaultsHelpFormatter
+
 VARIANTS = {"augmented": True, "clean": False}      # report column -> augment the recomputing images
 
 
@@ -69,7 +71,7 @@ def main(argv=None) -> int:
 def _main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(prog="python -m bench.precise_bn", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=DefaultsHelpFormatter)
     ap.add_argument("checkpoints", nargs="+", help="checkpoint.pt files of train.py, or released weights")
     ap.add_argument("--data-dir", required=True, help="converted data (python -m pipeline.convert)")
     ap.add_argument("--images", type=int, default=50_000, help="training images to average the statistics over")

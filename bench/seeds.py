@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from model.checkpoint import write_text_atomic
+from pipeline.cli import DefaultsHelpFormatter
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,7 +133,7 @@ def _main(argv=None) -> int:
         prog="python -m bench.seeds",
         description="Train a recipe (train.py's default, or --config) once per seed and report the mean and spread of the final "
                     "test accuracy (markdown + JSON). Options after '--' go to train.py unchanged.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", required=True, help="one training run per seed")
     ap.add_argument("--data-dir", required=True, help="converted data (python -m pipeline.convert)")
     ap.add_argument("--config", default=None, metavar="RECIPE.toml",

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.cli import DefaultsHelpFormatter
+
 
 def checkpoint_policy(ckpt: dict, meta: dict):
     """The policy (mean/std) a checkpoint was trained with, so images are normalized as in training; for
@@ -102,7 +104,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m model.evaluate",
                                  description="Test accuracy, per-class accuracy, a confusion-matrix PNG and a grid "
                                              "of misclassified images for a checkpoint.",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=DefaultsHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="a checkpoint.pt of train.py, or released weights")
     ap.add_argument("--data-dir", default="data/cifar10", help="converted data (python -m pipeline.convert)")
     ap.add_argument("--out", default=None,

@@ -11,11 +11,29 @@ its traceback.
 """
 from __future__ import annotations
 
+import argparse
 import errno
 import sys
 from typing import Callable
 
 INTERRUPTED = 130
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default where it has one (not "None" or an off switch)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" in text or default is None or default is False or default is argparse.SUPPRESS
+                or not action.option_strings
+                or isinstance(action, argparse._HelpAction)):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+class HelpFormatter(DefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """DefaultsHelpFormatter that keeps the description's and the epilog's own lines (train.py's examples)."""
 
 
 def os_error_sentence(e: OSError) -> str:
