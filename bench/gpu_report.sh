@@ -22,8 +22,8 @@
 # Checked on this project's CPU (2 cores, no GPU, Python 3.11): the wheels prepared for it
 # (PY_VERSION=3.11 PYTHON_BIN=python3.11 WHEELS=/tmp/wheels-311 bash bench/prepare_gpu_wheels.sh), then
 #   PYTHON=.venv/bin/python WHEELS=/tmp/wheels-311 OUT=/tmp/gpu-report bash bench/gpu_report.sh
-# installs them (30 s), converts the data (20 s), falls back to DALI's CPU operators and bench --quick, and wrote
-# its report in 5.5 minutes (parity 20 s, tests 5 s, benchmark 4.5 minutes: this CPU runs the albumentations
+# installs them and converts the data (15 s), falls back to DALI's CPU operators and bench --quick, and wrote its
+# report in 7.5 minutes (parity 25 s, tests 5 s, benchmark 6.7 minutes with ffcv: this CPU runs the albumentations
 # reference and the model far slower than a GPU machine's 16 cores and GPU).
 #
 #   OUT=DIR      where the report goes (default bench/results)

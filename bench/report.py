@@ -162,7 +162,7 @@ def markdown(result: dict) -> str:
             lines += ["", f"{what} against the per-batch path (loader-only, side by side): "
                       + ", ".join(f"batch {bs}: **{v:.2f}x**" for bs, v in r[key].items())]
     for n, ratios in r.get("peer_ratios", {}).items():
-        lines += ["", f"gpu engine (chunked) against the peer {n} (loader-only, side by side): "
+        lines += ["", f"gpu engine (its default) against the peer {n} (loader-only, side by side): "
                   + ", ".join(f"batch {bs}: **{v:.2f}x**" for bs, v in ratios.items())]
     peers = [(n, e) for n, e in r["engines"].items() if e.get("available") and e.get("parity") is not None]
     if peers:
