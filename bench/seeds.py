@@ -131,8 +131,8 @@ def _main(argv=None) -> int:
     own = argv[:argv.index("--")] if "--" in argv else argv
     ap = argparse.ArgumentParser(
         prog="python -m bench.seeds",
-        description="Train a recipe (train.py's default, or --config) once per seed and report the mean and spread of the final "
-                    "test accuracy (markdown + JSON). Options after '--' go to train.py unchanged.",
+        description="Train a recipe (train.py's default, or --config) once per seed and report the mean and spread "
+                    "of the final test accuracy (markdown + JSON). Options after '--' go to train.py unchanged.",
         formatter_class=DefaultsHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", required=True, help="one training run per seed")
     ap.add_argument("--data-dir", required=True, help="converted data (python -m pipeline.convert)")
@@ -167,7 +167,7 @@ def _main(argv=None) -> int:
     from model.recipe import RecipeError, load
     from pipeline.format import DataError, read_meta
     try:
-        if config:
+        if args.config:
             load(args.config, train.build_parser())     # a recipe train.py would refuse, refused before any run
         read_meta(args.data_dir)
         device = choose_device(args.device)
@@ -187,7 +187,7 @@ def _main(argv=None) -> int:
 
     def train_args(seed: int) -> list[str]:
         return ["--data-dir", str(args.data_dir), "--arch", args.arch, "--epochs", str(args.epochs), "--seed", str(seed),
-                "--device", args.device, "--out", str(runs[seed]), *(["--config", config] if args.config else []),
+                "--device", args.device, "--out", str(runs[seed]), *(["--config", config] if config else []),
                 *extra]
 
     for seed, run in runs.items():

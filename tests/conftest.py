@@ -77,6 +77,21 @@ def mini_dir(tmp_path_factory, mini_source) -> Path:
 
 
 @pytest.fixture(scope="session")
+def policy(mini_dir):
+    """The project's policy with cifar10-mini's mean and std."""
+    from pipeline.format import read_meta
+    from pipeline.policy import AugmentPolicy
+    return AugmentPolicy.from_meta(read_meta(mini_dir))
+
+
+def epoch_of(loader):
+    """One epoch of a loader built with return_index=True, concatenated: (images, labels, indices)."""
+    import torch
+    xs, ys, idx = zip(*list(loader))
+    return torch.cat(xs), torch.cat(ys), torch.cat(idx)
+
+
+@pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     """600 generated training pictures and 200 test ones, converted once: for tests of mechanics (kill and
     resume) that train several short runs and need no real pictures; an epoch takes a tenth of mini's."""

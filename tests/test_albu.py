@@ -11,12 +11,6 @@ from pipeline.policy import AugmentPolicy
 
 
 @pytest.fixture(scope="module")
-def policy(mini_dir):
-    _, meta = load_split(mini_dir, "train")
-    return AugmentPolicy.from_meta(meta)
-
-
-@pytest.fixture(scope="module")
 def images(mini_dir):
     split, _ = load_split(mini_dir, "train")
     return np.asarray(split.images[:400])

@@ -3,26 +3,16 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import epoch_of
 from pipeline import available_loaders, build_loader
 from pipeline.format import load_split
 from pipeline.params import forward_matrix
 from pipeline.parity import replay_parity, statistical_parity
-from pipeline.policy import AugmentPolicy
 
 pytestmark = pytest.mark.skipif("dali" not in available_loaders(),
                                 reason="NVIDIA DALI is not installed (pip install -e '.[dali]')")
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                                 reason="no CUDA GPU on this machine"))]
-
-
-@pytest.fixture(scope="module")
-def policy(mini_dir):
-    return AugmentPolicy.from_meta(load_split(mini_dir, "train")[1])
-
-
-def epoch_of(loader):
-    xs, ys, idx = zip(*list(loader))
-    return torch.cat(xs), torch.cat(ys), torch.cat(idx)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -6,26 +6,15 @@ import pytest
 import torch
 
 import pipeline
-from conftest import ROOT
+from conftest import ROOT, epoch_of
 from pipeline import LoaderUnavailable, available_loaders, build_loader
 from pipeline.format import load_split
 from pipeline.parity import replay_parity, statistical_parity
-from pipeline.policy import AugmentPolicy
 
 needs_ffcv = pytest.mark.skipif("ffcv" not in available_loaders(),
                                 reason="ffcv is not installed (apt-get install pkg-config libturbojpeg0-dev "
                                        "libopencv-dev && pip install -e '.[ffcv]')")
 MODES = ["numba", "torch"]
-
-
-def epoch_of(loader):
-    xs, ys, idx = zip(*list(loader))
-    return torch.cat(xs), torch.cat(ys), torch.cat(idx)
-
-
-@pytest.fixture(scope="module")
-def policy(mini_dir):
-    return AugmentPolicy.from_meta(load_split(mini_dir, "train")[1])
 
 
 @pytest.fixture(scope="module")

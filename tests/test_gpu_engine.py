@@ -4,25 +4,14 @@ import pytest
 import torch
 from albumentations.augmentations.geometric import functional as fgeometric
 
+from conftest import epoch_of
 from pipeline import available_loaders, build_loader
 from pipeline.format import load_split
 from pipeline.params import forward_matrix, sample_params
 from pipeline.parity import replay_parity, statistical_parity
-from pipeline.policy import AugmentPolicy
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                                 reason="no CUDA GPU on this machine"))]
-
-
-@pytest.fixture(scope="module")
-def policy(mini_dir):
-    _, meta = load_split(mini_dir, "train")
-    return AugmentPolicy.from_meta(meta)
-
-
-def epoch(loader):
-    xs, ys, idx = zip(*list(loader))
-    return torch.cat(xs), torch.cat(ys), torch.cat(idx)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -31,12 +20,12 @@ def test_contract(mini_dir, device):
     split, _ = load_split(mini_dir, "train")
     loader = build_loader("gpu", mini_dir, "train", 500, device=device, return_index=True)
     assert len(loader) == -(-len(split.labels) // 500)
-    x, y, i = epoch(loader)
+    x, y, i = epoch_of(loader)
     assert x.dtype == torch.float32 and x.shape == (len(split.labels), 3, 32, 32) and x.device.type == device
     assert all(b[0].is_contiguous(memory_format=torch.channels_last) for b in loader)
     assert sorted(i.tolist()) == list(range(len(split.labels)))
     np.testing.assert_array_equal(y.cpu().numpy(), split.labels[i.cpu().numpy()])
-    raw, _, ri = epoch(build_loader("gpu", mini_dir, "train", 500, device=device, augment=False,
+    raw, _, ri = epoch_of(build_loader("gpu", mini_dir, "train", 500, device=device, augment=False,
                                     normalize=False, return_index=True))
     assert raw.dtype == torch.uint8
     np.testing.assert_array_equal(raw.permute(0, 2, 3, 1).cpu().numpy(), split.images[ri.cpu().numpy()])
@@ -47,19 +36,19 @@ def test_contract(mini_dir, device):
 def test_same_seed_same_epoch_and_epochs_advance(mini_dir):
     a = build_loader("gpu", mini_dir, "train", 256, seed=5, normalize=False, return_index=True)
     b = build_loader("gpu", mini_dir, "train", 256, seed=5, normalize=False, return_index=True)
-    ea, eb = epoch(a), epoch(b)
+    ea, eb = epoch_of(a), epoch_of(b)
     assert all(torch.equal(u, v) for u, v in zip(ea, eb))
-    nxt = epoch(a)
+    nxt = epoch_of(a)
     assert not torch.equal(ea[2], nxt[2]) and not torch.equal(ea[0], nxt[0])
     a.set_epoch(0)
-    assert all(torch.equal(u, v) for u, v in zip(ea, epoch(a)))
+    assert all(torch.equal(u, v) for u, v in zip(ea, epoch_of(a)))
 
 
 def test_shards_split_an_epoch_without_overlap(mini_dir):
     seen = []
     for rank in range(2):
         loader = build_loader("gpu", mini_dir, "train", 300, seed=1, shard=(rank, 2), return_index=True)
-        seen.append(epoch(loader)[2])
+        seen.append(epoch_of(loader)[2])
     assert set(seen[0].tolist()).isdisjoint(seen[1].tolist())
     assert sorted(torch.cat(seen).tolist()) == list(range(len(load_split(mini_dir, "train")[0].labels)))
 
@@ -200,8 +189,8 @@ def test_bf16_output_is_what_a_bf16_autocast_step_sees(mini_dir):
     """dtype="bfloat16": the same normalized batches rounded to bf16, channels-last, at half the bytes; under bf16
     autocast the net's first convolution casts float32 input to exactly that, so the step computes the same."""
     from model import build_model
-    f32 = epoch(build_loader("gpu", mini_dir, "train", 256, seed=3, return_index=True))
-    bf16 = epoch(build_loader("gpu", mini_dir, "train", 256, seed=3, return_index=True, dtype="bfloat16"))
+    f32 = epoch_of(build_loader("gpu", mini_dir, "train", 256, seed=3, return_index=True))
+    bf16 = epoch_of(build_loader("gpu", mini_dir, "train", 256, seed=3, return_index=True, dtype="bfloat16"))
     assert bf16[0].dtype == torch.bfloat16 and bf16[0].is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(bf16[0], f32[0].to(torch.bfloat16))
     assert torch.equal(bf16[1], f32[1]) and torch.equal(bf16[2], f32[2])

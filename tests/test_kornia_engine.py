@@ -8,25 +8,15 @@ import torch
 
 pytest.importorskip("kornia", reason="kornia is not installed (pip install -e '.[peers]')")
 
+from conftest import epoch_of  # noqa: E402
 from pipeline import build_loader  # noqa: E402
 from pipeline.format import load_split  # noqa: E402
 from pipeline.parity import statistical_parity  # noqa: E402
-from pipeline.policy import AugmentPolicy  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def policy(mini_dir):
-    return AugmentPolicy.from_meta(load_split(mini_dir, "train")[1])
-
-
-def epoch(loader):
-    xs, ys, idx = zip(*list(loader))
-    return torch.cat(xs), torch.cat(ys), torch.cat(idx)
 
 
 def test_contract_and_the_same_seed_gives_the_same_epoch(mini_dir):
     split, _ = load_split(mini_dir, "train")
-    x, y, i = epoch(build_loader("kornia", mini_dir, "train", 500, return_index=True))
+    x, y, i = epoch_of(build_loader("kornia", mini_dir, "train", 500, return_index=True))
     assert x.dtype == torch.float32 and x.shape == (len(split.labels), 3, 32, 32)
     assert x.is_contiguous(memory_format=torch.channels_last)
     assert sorted(i.tolist()) == list(range(len(split.labels)))
@@ -35,13 +25,13 @@ def test_contract_and_the_same_seed_gives_the_same_epoch(mini_dir):
     torch.manual_seed(123)
     before = torch.get_rng_state()
     a = build_loader("kornia", mini_dir, "train", 256, seed=4, normalize=False, return_index=True)
-    ea = epoch(a)
+    ea = epoch_of(a)
     assert torch.equal(torch.get_rng_state(), before), "the caller's random state was changed"
-    eb = epoch(build_loader("kornia", mini_dir, "train", 256, seed=4, normalize=False, return_index=True))
+    eb = epoch_of(build_loader("kornia", mini_dir, "train", 256, seed=4, normalize=False, return_index=True))
     assert all(torch.equal(u, v) for u, v in zip(ea, eb)) and ea[0].dtype == torch.uint8
-    assert not torch.equal(epoch(a)[0], ea[0])              # the next epoch differs
+    assert not torch.equal(epoch_of(a)[0], ea[0])              # the next epoch differs
     a.set_epoch(0)
-    assert torch.equal(epoch(a)[0], ea[0])
+    assert torch.equal(epoch_of(a)[0], ea[0])
 
 
 def test_one_hole_of_the_policys_size(mini_dir, policy):
@@ -49,7 +39,7 @@ def test_one_hole_of_the_policys_size(mini_dir, policy):
     fills one value: the mean of the policy's fill)."""
     fill = (1.0, 2.0, 3.0)
     only = replace(policy.without_augmentation(), dropout=replace(policy.dropout, p=1.0, fill=fill))
-    x, _, i = epoch(build_loader("kornia", mini_dir, "train", 512, policy=only, normalize=False, return_index=True))
+    x, _, i = epoch_of(build_loader("kornia", mini_dir, "train", 512, policy=only, normalize=False, return_index=True))
     grey = round(sum(fill) / 3)
     src = torch.from_numpy(np.array(load_split(mini_dir, "train")[0].images))[i].permute(0, 3, 1, 2)
     changed = (x != src).any(1)

@@ -193,7 +193,6 @@ class DaliLoader:
             raise ValueError(f"DALI mode must be 'native' or 'replay', not {mode!r}.")
         self.pipe_batch = whole_batches(pipe_batch, DEFAULT_PIPE_BATCH, batch_size, "pipe_batch")
         data, _ = load_split(data_dir, split)
-        self.images = np.array(data.images)
         self.device, self.policy, self.augment, self.seed = device, policy, augment, seed
         self.batch_size, self.drop_last, self.normalize, self.return_index = batch_size, drop_last, normalize, return_index
         self.shuffle = split == "train" if shuffle is None else shuffle
@@ -202,7 +201,7 @@ class DaliLoader:
         self.num_threads = int(num_threads or os.cpu_count() or 1)
         self.device_id = _device_id(device)
         # resident on the device (the GPU where there is one), read once; DALI is fed batches gathered there
-        self.images = torch.from_numpy(self.images).to(device)
+        self.images = torch.from_numpy(np.array(data.images)).to(device)
         self.labels = torch.from_numpy(np.array(data.labels)).to(device)
         self._next_epoch = 0
         self.summary = (f"DALI {'GPU' if self.device_id is not None else 'CPU'} operators"
@@ -224,9 +223,9 @@ class DaliLoader:
         n = len(range(self.rank, len(self.labels), self.world))
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def _pipeline(self, epoch: int, order: np.ndarray, device_order: torch.Tensor):
+    def _pipeline(self, epoch: int, order: torch.Tensor):
         on_gpu = self.device_id is not None
-        source = _EpochSource(self.images, device_order, self.pipe_batch)
+        source = _EpochSource(self.images, order, self.pipe_batch)
         policy = self.policy
         replay_params = None
         if self.augment and self.mode == "replay":
@@ -253,16 +252,15 @@ class DaliLoader:
 
     def __iter__(self):
         epoch, self._next_epoch = self._next_epoch, self._next_epoch + 1
-        order = self._order(epoch)
-        device_order = torch.from_numpy(order.astype(np.int64)).to(self.device)
-        pipe = self._pipeline(epoch, order, device_order)
+        order = torch.from_numpy(self._order(epoch).astype(np.int64)).to(self.device)
+        pipe = self._pipeline(epoch, order)
         pipe.build()
         it = DALIGenericIterator([pipe], ["x"], size=-1, auto_reset=False)
         start = 0
         for out in it:
             x = out[0]["x"].permute(0, 3, 1, 2)           # NCHW view of the HWC batch: channels-last
             for b in range(0, len(x), self.batch_size):
-                idx = device_order[start + b:start + b + self.batch_size]
+                idx = order[start + b:start + b + self.batch_size]
                 xb = x[b:b + self.batch_size]
                 yield (xb, self.labels[idx], idx) if self.return_index else (xb, self.labels[idx])
             start += len(x)

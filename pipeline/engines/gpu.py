@@ -35,7 +35,6 @@ def default_chunk(device: torch.device, batch_size: int) -> int:
     return CUDA_CHUNK if device.type == "cuda" else batch_size
 
 
-
 class GpuLoader:
     """One epoch per ``iter()``; the epoch number advances after each, or is set with ``set_epoch``."""
 
