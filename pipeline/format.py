@@ -8,7 +8,10 @@
                           (pixel units, 0..255), the source, the sha256 of each .npy file, and
                           ``meta_sha256``: the sha256 of meta.json's own other fields, so that an
                           edited mean or std is caught like a modified array
-    DIR/ffcv/             (optional) the FFCV .beton files written from the arrays
+    DIR/ffcv/             (optional) the FFCV .beton files written from the arrays, each beside its record
+                          ``NAME.beton.json`` (the arrays' sha256 it was written from, its sample count,
+                          size and sha256): a .beton is used, and replaced by ``--force``, only when its
+                          record is there and matches (``beton_record``, ``owned_beton``)
 
 Arrays load with ``np.load(path, mmap_mode="r")``. Writing goes into a temporary folder beside
 DIR that is renamed into place at the end (see ``atomic_dir``), so a reader never sees half a dataset.
@@ -23,6 +26,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -38,7 +42,8 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
 ARRAY_FILES = tuple(f"{s}_{k}.npy" for s in SPLITS for k in ("images", "labels"))
 OWN_FILES = frozenset(ARRAY_FILES + ("meta.json",))
-OWN_FOLDERS = {"ffcv": ".beton"}    # sub-folders a converted folder may hold, and the files they hold
+BETON_DIR = "ffcv"                  # the one sub-folder a converted folder may hold: .beton files and their records
+BETON_RECORD = "cifarflow-beton"    # the "format" of a .beton's record
 
 
 class DataError(Exception):
@@ -197,11 +202,12 @@ def read_meta(data_dir: str | os.PathLike) -> dict:
 def owned_dataset(folder: Path) -> tuple[bool, list[str]]:
     """(is ``folder`` a converted dataset of ours, of any format version?, the names in it that a conversion
     never writes). Only an owned folder may ever be replaced or deleted: a meta.json that names this format,
-    beside nothing but the arrays, meta.json and the .beton folder."""
+    beside nothing but the arrays, meta.json and the .beton folder, which itself holds nothing but .beton files
+    with their records (``owned_beton``), and the temporary files of a .beton being written."""
     folder = Path(folder)
     try:
         meta = json.loads((folder / "meta.json").read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         meta = None
     ours = isinstance(meta, dict) and meta.get("format") == FORMAT_NAME
     foreign = []
@@ -212,13 +218,97 @@ def owned_dataset(folder: Path) -> tuple[bool, list[str]]:
     for p in entries:
         if p.name in OWN_FILES and p.is_file() and not p.is_symlink():
             continue
-        suffix = OWN_FOLDERS.get(p.name)
-        if suffix and p.is_dir() and not p.is_symlink() and all(
-                f.is_file() and not f.is_symlink() and (f.name.endswith(suffix) or f.name.startswith("."))
-                for f in p.iterdir()):
+        if p.name == BETON_DIR and p.is_dir() and not p.is_symlink():
+            foreign += [f"{BETON_DIR}/{name}" for name in _foreign_in_beton_dir(p)]
             continue
         foreign.append(p.name)
     return ours and not foreign, foreign
+
+
+def _foreign_in_beton_dir(folder: Path) -> list[str]:
+    """The names in DIR/ffcv/ that no conversion wrote: anything but a recorded .beton, its record, and the
+    temporary file of a .beton or record being written (``.NAME.tmp-PID``)."""
+    names = sorted(p.name for p in folder.iterdir())
+    foreign = []
+    for name in names:
+        path = folder / name
+        if path.is_symlink() or not path.is_file():
+            foreign.append(name)
+        elif name.endswith(".beton"):
+            if not owned_beton(path):
+                foreign.append(name)
+        elif name.endswith(".beton.json"):
+            if beton_record(path.with_name(name[:-len(".json")])) is None:
+                foreign.append(name)
+        elif not BETON_TEMPORARY.match(name):
+            foreign.append(name)
+    return foreign
+
+
+# what a .beton being written leaves in DIR/ffcv/ while it runs (or after a kill): its temporary file, its record's,
+# and the lock that keeps two processes from writing the same split at once
+BETON_TEMPORARY = re.compile(r"^\.(train|test)(-[0-9a-f]+\.beton(\.json)?\.tmp-\d+|\.lock)$")
+
+
+def beton_path(data_dir, meta: dict, split: str) -> Path:
+    """Where the .beton of ``split`` lives: named after the arrays it is written from, so that re-converted arrays
+    get a new one."""
+    digest = meta["sha256"][f"{split}_images.npy"][:12] + meta["sha256"][f"{split}_labels.npy"][:4]
+    return Path(data_dir) / BETON_DIR / f"{split}-{digest}.beton"
+
+
+def _record_path(beton: Path) -> Path:
+    return beton.with_name(beton.name + ".json")
+
+
+def beton_record(beton: Path) -> dict | None:
+    """The record a conversion wrote beside ``beton`` (a dict of its fields), or None where there is none or it is
+    not one of ours."""
+    try:
+        record = json.loads(_record_path(beton).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    fields = {"split": str, "images_sha256": str, "labels_sha256": str, "count": int, "size": int, "sha256": str}
+    if not (isinstance(record, dict) and record.get("format") == BETON_RECORD and all(
+            type(record.get(k)) is kind for k, kind in fields.items())):
+        return None
+    return record
+
+
+def owned_beton(beton: Path) -> bool:
+    """Whether ``beton`` is one a conversion wrote, by name and record: its record is beside it and gives its size
+    (its sha256 is checked where it is read: ``pipeline.engines.ffcv``)."""
+    record = beton_record(beton)
+    try:
+        return record is not None and beton.stat().st_size == record["size"]
+    except OSError:
+        return False
+
+
+def record_beton(beton: Path, written: Path, meta: dict, split: str, count: int) -> dict:
+    """Write the record of the .beton ``written`` (its temporary file) from ``split``'s arrays, atomically, before
+    it is renamed to ``beton``: a kill between the two leaves a record without its .beton, never a .beton
+    without its record."""
+    record = {"format": BETON_RECORD, "split": split, "images_sha256": meta["sha256"][f"{split}_images.npy"],
+              "labels_sha256": meta["sha256"][f"{split}_labels.npy"], "count": int(count),
+              "size": written.stat().st_size, "sha256": sha256_file(written)}
+    path = _record_path(beton)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        _write_json(tmp, record)
+        _fsync(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return record
+
+
+def remove_beton(beton: Path) -> None:
+    """Delete a .beton of ours and its record (never a file without its record, or of another size than it
+    records)."""
+    if owned_beton(beton):
+        beton.unlink(missing_ok=True)
+        _record_path(beton).unlink(missing_ok=True)
 
 
 _VERIFIED: dict[tuple, bool] = {}
@@ -272,11 +362,11 @@ def _remove_stale_tmp(final: Path) -> None:
     """Remove temporary folders that killed conversions (SIGKILL, power loss) left beside ``final``."""
     for p in final.parent.glob(_tmp_prefix(final) + "*"):
         pid = p.name[len(_tmp_prefix(final)):].split("-")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

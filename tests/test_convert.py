@@ -437,14 +437,43 @@ def test_force_never_replaces_a_folder_that_is_not_provably_ours(tmp_path, small
     assert "thesis.txt" in proc.stderr
 
 
+def _recorded_beton(out, split="train"):
+    """A .beton as the ffcv engine leaves it (stand-in bytes; its record and lock beside it)."""
+    from pipeline.format import beton_path, record_beton
+    meta = read_meta(out)
+    path = beton_path(out, meta, split)
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(b"beton")
+    record_beton(path, path, meta, split, meta["counts"][split])
+    (path.parent / f".{split}.lock").write_bytes(b"")
+    return path
+
+
 def test_force_replaces_a_conversion_of_ours_with_its_beton_folder(tmp_path, small_batches):
     out = tmp_path / "out"
     convert(str(small_batches), out, **QUIET)
-    (out / "ffcv").mkdir()
-    (out / "ffcv" / "train-0123.beton").write_bytes(b"beton")
+    _recorded_beton(out)
     other = write_batches(tmp_path / "other" / "cifar-10-batches-py", per_batch=30, seed=5)
     assert run_cli("--source", other, "--out", out, "--force").returncode == 0
     assert read_meta(out)["counts"]["train"] == 150 and not (out / "ffcv").exists()
+
+
+@pytest.mark.parametrize("mine", [".notes", "train-0123.beton", "mine.beton", "train-0123.beton.json", "sub/x"])
+def test_force_never_deletes_a_file_of_the_users_inside_the_beton_folder(tmp_path, small_batches, mine):
+    """Only what the conversion wrote, by name and record: a dotfile, a .beton of the user's own (no record),
+    a record of no .beton, a folder: refused with the name, --force or not, and nothing is deleted."""
+    out = tmp_path / "out"
+    convert(str(small_batches), out, **QUIET)
+    ours = _recorded_beton(out)
+    path = out / "ffcv" / mine
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("{}" if mine.endswith(".json") else "mine")
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    other = write_batches(tmp_path / "other" / "cifar-10-batches-py", per_batch=30, seed=5)
+    proc = run_cli("--source", other, "--out", out, "--force")
+    assert_one_sentence_error(proc, "not a converted dataset", "never replaced")
+    assert f"ffcv/{mine.split('/')[0]}" in proc.stderr
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before and ours.exists()
 
 
 def test_two_conversions_into_one_folder_at_once_are_refused(tmp_path, small_batches):
