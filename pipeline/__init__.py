@@ -14,7 +14,7 @@ import importlib.util
 from dataclasses import dataclass
 
 __all__ = ["build_loader", "available_loaders", "known_loaders", "engine_module", "unavailable_reason",
-           "LoaderUnavailable"]
+           "LoaderUnavailable", "check_seed"]
 
 
 class LoaderUnavailable(Exception):
@@ -103,7 +103,7 @@ def build_loader(name: str, data_dir, split: str, batch_size: int, *, device="cp
     ``normalize=True``: float32 (N, 3, 32, 32) normalized with the meta mean/std, channels-last, on
     ``device``; ``normalize=False``: uint8 pixels. ``policy`` defaults to the project's policy with the
     data's mean/std. The same seed gives the same epoch."""
-    from pipeline.format import read_meta
+    from pipeline.format import IMAGE_SHAPE, read_meta
     from pipeline.output import resolve_device
     from pipeline.policy import AugmentPolicy
 
@@ -112,11 +112,13 @@ def build_loader(name: str, data_dir, split: str, batch_size: int, *, device="cp
         raise ValueError(f"split must be 'train' or 'test', not {split!r}.")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, not {batch_size!r}.")
+    seed = check_seed(seed)
     meta = read_meta(data_dir)
     if policy is None:
         policy = AugmentPolicy.from_meta(meta)
     elif not isinstance(policy, AugmentPolicy):
         raise TypeError("policy must be a pipeline.policy.AugmentPolicy.")
+    policy.check_fits(IMAGE_SHAPE[0], data_dir)     # sizes in pixels of the data the loader runs on
     if "shard" not in options:
         options["shard"] = _distributed_shard()
     accepted = _options_of(module)
@@ -125,8 +127,20 @@ def build_loader(name: str, data_dir, split: str, batch_size: int, *, device="cp
         raise ValueError(f"the {name!r} loader takes no option {unknown[0]!r}: its options are "
                          f"{', '.join(sorted(accepted)) or 'none'}.")
     return module.build(data_dir, split, batch_size, device=resolve_device(device), policy=policy,
-                        augment=augment, seed=int(seed), normalize=normalize, return_index=return_index,
+                        augment=augment, seed=seed, normalize=normalize, return_index=return_index,
                         **options)
+
+
+MAX_SEED = (1 << 63) - 1
+
+
+def check_seed(seed) -> int:
+    """A seed every generator takes (torch's, numpy's SeedSequence, DALI's and FFCV's are derived from it): a whole
+    number from 0 to 2**63 - 1; ValueError with a sentence otherwise."""
+    import numbers
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"the seed must be a whole number from 0 to {MAX_SEED} (2**63 - 1), not {seed!r}.")
+    return int(seed)
 
 
 _CONTRACT = {"self", "data_dir", "split", "batch_size", "device", "policy", "augment", "seed", "normalize",

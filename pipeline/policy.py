@@ -22,12 +22,30 @@ from dataclasses import asdict, dataclass, field, replace
 Range = tuple[float, float]
 
 
+def _number(value, name: str) -> float:
+    """A real, finite number (not true/false, not text): what every numeric field of the policy holds."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, not {value!r}.")
+    return float(value)
+
+
+def _probability(value, name: str) -> float:
+    p = _number(value, name)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"{name} = {value!r} must lie in [0, 1].")
+    return p
+
+
 def _pair(value, name: str, kind=float) -> tuple:
     try:
         lo, hi = value
-        return kind(lo), kind(hi)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a (low, high) pair, not {value!r}.") from None
+    lo, hi = _number(lo, name), _number(hi, name)
+    try:
+        return kind(lo), kind(hi)
+    except ValueError:
+        raise ValueError(f"{name} must be a (low, high) pair of whole numbers, not {value!r}.") from None
 
 
 def _fill(value, name: str):
@@ -36,7 +54,7 @@ def _fill(value, name: str):
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = (value,) * 3
     try:
-        values = tuple(float(v) for v in value)
+        values = tuple(_number(v, name) for v in value)
     except (TypeError, ValueError):
         values = ()
     if len(values) != 3 or not all(0 <= v <= 255 for v in values):
@@ -48,6 +66,9 @@ def _fill(value, name: str):
 @dataclass(frozen=True)
 class HorizontalFlip:
     p: float = 0.5
+
+    def __post_init__(self):
+        object.__setattr__(self, "p", _probability(self.p, "flip.p"))
 
 
 @dataclass(frozen=True)
@@ -63,6 +84,7 @@ class ShiftScaleRotate:
     fill: object = "mean"             # the border: "mean" or (r, g, b)
 
     def __post_init__(self):
+        object.__setattr__(self, "p", _probability(self.p, "ssr.p"))
         for name in ("shift_x", "shift_y", "scale_x", "scale_y", "rotate"):
             object.__setattr__(self, name, _pair(getattr(self, name), f"ssr.{name}"))
         object.__setattr__(self, "fill", _fill(self.fill, "ssr.fill"))
@@ -77,6 +99,7 @@ class CoarseDropout:
     fill: object = "mean"             # the hole: "mean" or (r, g, b)
 
     def __post_init__(self):
+        object.__setattr__(self, "p", _probability(self.p, "dropout.p"))
         object.__setattr__(self, "num_holes", _pair(self.num_holes, "dropout.num_holes", _whole))
         pixels = _pair(self.hole_height, "dropout.hole_height")[1] >= 1     # as albumentations decides
         sizes = {name: _pair(getattr(self, name), f"dropout.{name}") for name in ("hole_height", "hole_width")}
@@ -114,8 +137,13 @@ class AugmentPolicy:
     image_size: int = 32
 
     def __post_init__(self):
-        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
-        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(values) != 3:
+                raise ValueError(f"{name} needs one number per channel (3), not {values!r}.")
+            object.__setattr__(self, name, tuple(_number(v, name) for v in values))
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or not 1 <= self.image_size <= 4096:
+            raise ValueError(f"image_size must be a whole number of pixels, not {self.image_size!r}.")
         self.validate()
 
     # -- construction -------------------------------------------------------------------------
@@ -175,6 +203,14 @@ class AugmentPolicy:
         from pipeline import albu
         return albu.build_compose(self, with_normalize=True)
 
+    def check_fits(self, image_size: int, where) -> None:
+        """ValueError with a sentence unless this policy was made for images of ``image_size`` pixels a side (the
+        data in ``where``): shifts and holes are drawn in pixels of the policy's size."""
+        if self.image_size != image_size:
+            raise ValueError(f"the policy is made for {self.image_size}x{self.image_size} images, but {where} holds "
+                             f"{image_size}x{image_size} ones: set the policy's image_size to {image_size} (and its "
+                             f"hole sizes within it).")
+
     def without_augmentation(self) -> "AugmentPolicy":
         return replace(self, flip=replace(self.flip, p=0.0), ssr=replace(self.ssr, p=0.0),
                        dropout=replace(self.dropout, p=0.0))
@@ -198,8 +234,6 @@ class AugmentPolicy:
         check(len(self.mean) == 3 and len(self.std) == 3, "mean and std need one value per channel (3).")
         check(all(0 <= m <= 255 for m in self.mean), f"mean {self.mean} must lie in 0..255 (pixel units).")
         check(all(s_ > 0 and math.isfinite(s_) for s_ in self.std), f"std {self.std} must be positive.")
-        for name, p in (("flip", self.flip.p), ("ssr", s.p), ("dropout", d.p)):
-            check(0.0 <= p <= 1.0, f"{name}.p = {p} must lie in [0, 1].")
         for name, (lo, hi), bound in (("shift_x", s.shift_x, 1), ("shift_y", s.shift_y, 1)):
             check(-bound <= lo <= hi <= bound, f"ssr.{name} = {(lo, hi)} must be a range within [-1, 1].")
         for name, (lo, hi) in (("scale_x", s.scale_x), ("scale_y", s.scale_y)):

@@ -250,3 +250,21 @@ def test_ffcv_thread_count_and_a_dying_loader_thread_are_sentences(beton_dir, mo
     with pytest.raises(DataError, match=r"FFCV's loader thread failed \(IndexError: a kernel failed\)"):
         list(loader)
     assert not ffcv._THREAD_ERRORS
+
+
+@needs_ffcv
+def test_the_numba_kernels_stay_in_bounds_whatever_they_are_handed():
+    """Holes partly or wholly outside the image, and hole sizes over the image's: clipped, never written past it
+    (an unchecked kernel corrupted the heap)."""
+    from pipeline.engines.ffcv import _augment_one, _draw
+    img = np.full((32, 32, 3), 7, np.uint8)
+    out = np.zeros_like(img)
+    holes = [np.array(v, np.int64) for v in ([-5, 30, 10], [-5, 30, 40], [100, 10, 3], [100, 10, 3])]
+    _augment_one(img, out, False, np.zeros((2, 3)), True, *holes, 0.0, 0.0, 0.0, 200, 201, 202)
+    expected = img.copy()
+    expected[0:32, 0:32] = (200, 201, 202)      # the first hole covers the whole image once clipped
+    np.testing.assert_array_equal(out, expected)
+    ranges = (0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 40.0, 50.0, 40.0, 50.0)
+    *_, hys, hxs, hh, hw = _draw(50, 32, 0.5, 0.5, 1.0, ranges, (1, 3), True)
+    assert (hh <= 32).all() and (hw <= 32).all() and (hys + hh <= 32).all() and (hxs + hw <= 32).all()
+    assert (hys >= 0).all() and (hxs >= 0).all()

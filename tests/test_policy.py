@@ -65,3 +65,42 @@ def test_frozen_and_validated():
 def test_without_augmentation():
     p = AugmentPolicy(mean=(1, 2, 3), std=(1, 1, 1)).without_augmentation()
     assert (p.flip.p, p.ssr.p, p.dropout.p) == (0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("field,value,fragment", [
+    (("flip", "p"), True, "flip.p must be a finite number, not True"),
+    (("ssr", "p"), "0.5", "ssr.p must be a finite number"),
+    (("dropout", "p"), float("nan"), "dropout.p must be a finite number"),
+    (("dropout", "p"), 1.5, "dropout.p = 1.5 must lie in [0, 1]"),
+    (("ssr", "rotate"), [True, 5], "ssr.rotate must be a finite number"),
+    (("ssr", "shift_x"), ["-0.1", "0.1"], "ssr.shift_x must be a finite number"),
+    (("dropout", "fill"), ["1", "2", "3"], "dropout.fill must be 'mean' or a constant"),
+    (("dropout", "num_holes"), [1.5, 2], "whole numbers"),
+    (("image_size",), True, "image_size must be a whole number"),
+    (("mean",), ["125", 1, 2], "mean must be a finite number"),
+])
+def test_policy_values_are_typed_like_the_command_line(field, value, fragment):
+    d = json.loads(AugmentPolicy(mean=(1, 2, 3), std=(4, 5, 6)).to_json())
+    target = d
+    for key in field[:-1]:
+        target = target[key]
+    target[field[-1]] = value
+    with pytest.raises(ValueError) as e:
+        AugmentPolicy.from_dict(d)
+    assert fragment in str(e.value)
+
+
+def test_a_policy_for_other_image_sizes_is_refused_where_the_loader_is_built(tiny_dir):
+    from pipeline import available_loaders, build_loader
+    big = AugmentPolicy(mean=(1, 2, 3), std=(4, 5, 6), image_size=64,
+                        dropout=CoarseDropout(hole_height=(48, 48), hole_width=(48, 48)))
+    for name in available_loaders():
+        with pytest.raises(ValueError, match="made for 64x64 images, but .* holds 32x32 ones"):
+            build_loader(name, tiny_dir, "train", 64, policy=big)
+
+
+@pytest.mark.parametrize("seed", [-1, 1 << 63, 2.5, True, "3"])
+def test_a_seed_no_generator_takes_is_a_sentence(tiny_dir, seed):
+    from pipeline import build_loader
+    with pytest.raises(ValueError, match=r"seed must be a whole number from 0 to 9223372036854775807"):
+        build_loader("gpu", tiny_dir, "train", 64, seed=seed)

@@ -232,9 +232,9 @@ def _augment_one(img, out, flip, m, drop, hy, hx, hh, hw, fb0, fb1, fb2, fh0, fh
                     v = np.rint(acc)
                     out[y, x, ch] = 0 if v < 0 else (255 if v > 255 else np.uint8(v))
     if drop:
-        for k in range(len(hy)):
-            for y in range(hy[k], hy[k] + hh[k]):
-                for x in range(hx[k], hx[k] + hw[k]):
+        for k in range(len(hy)):        # each hole clipped to the image, whatever the parameters say
+            for y in range(max(hy[k], 0), min(hy[k] + hh[k], h)):
+                for x in range(max(hx[k], 0), min(hx[k] + hw[k], w)):
                     for ch in range(c):
                         out[y, x, ch] = fill_h[ch]
 
@@ -271,6 +271,8 @@ def _draw(n, size, flip_p, ssr_p, drop_p, ranges, holes, pixels):
             else:
                 hh[i, k] = int(np.random.uniform(ranges[10], ranges[11]) * size)
                 hw[i, k] = int(np.random.uniform(ranges[12], ranges[13]) * size)
+            hh[i, k] = min(max(hh[i, k], 0), size)      # a hole never larger than the image (the policy's checks
+            hw[i, k] = min(max(hw[i, k], 0), size)      # keep it so; a kernel stays in bounds whatever it is handed)
             hys[i, k] = np.random.randint(0, size - hh[i, k] + 1)
             hxs[i, k] = np.random.randint(0, size - hw[i, k] + 1)
     return flips, ssr, angle, sx, sy, tx, ty, drops, hys, hxs, hh, hw
