@@ -564,7 +564,18 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path, resume: bool) -> dict:
             also = f" (and {', '.join(more)})" if more else ""
             raise RunError(f"--resume: the run in {out} used {flag} {before[key]}, not {now[key]}{also}: {same} "
                            f"(its config.json records its recipe).")
-        if AugmentPolicy.from_dict(ckpt["config"]["policy"]) != policy:
+        trained_on = ckpt["config"].get("data")
+        if isinstance(trained_on, dict) and any(trained_on.get(k) != meta[k] for k in ("classes", "counts", "mean", "std")):
+            was = ckpt["config"]["args"].get("data_dir")
+            raise RunError(f"--resume: the run in {out} trained on other data than {args.data_dir} holds "
+                           f"({_counts(trained_on)}, not {_counts(meta)}): pass the --data-dir it trained on"
+                           + (f" ({was})." if isinstance(was, str) else "."))
+        try:
+            trained_policy = AugmentPolicy.from_dict(ckpt["config"]["policy"])
+        except ValueError as e:
+            raise CheckpointError(f"{ckpt_path} records a policy this version cannot read ({e}): start the run "
+                                  f"afresh in another --out.") from None
+        if trained_policy != policy:
             now = f"--policy {args.policy}" if args.policy else "the project's policy"
             raise RunError(f"--resume: the run in {out} trained with another augmentation policy than {now}: pass "
                            f"the --policy it trained with (its config.json holds that policy).")
@@ -573,16 +584,21 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path, resume: bool) -> dict:
             tested = checkpoint_weights(ckpt)
         else:
             tested = model_from_checkpoint(ckpt, ckpt_path, args.arch).state_dict()
-        if ema is not None:
-            ema.module.load_state_dict(tested)
-            ema.n_averaged.fill_(ckpt["ema_updates"])
-            net.load_state_dict(ckpt["trained_model"])
-        else:
-            net.load_state_dict(tested)
-        training.load_optimizer_state(opt, ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
+        try:
+            if ema is not None:
+                ema.module.load_state_dict(tested)
+                ema.n_averaged.fill_(ckpt["ema_updates"])
+                net.load_state_dict(ckpt["trained_model"])
+            else:
+                net.load_state_dict(tested)
+            training.load_optimizer_state(opt, ckpt["optimizer"])
+            sched.load_state_dict(ckpt["scheduler"])
+            set_rng_state(ckpt["rng"])
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
+            raise CheckpointError(f"{ckpt_path} holds trained weights, an optimizer, scheduler or random-number "
+                                  f"state that does not fit this run ({type(e).__name__}: {str(e).splitlines()[0][:120]}): start the "
+                                  f"run afresh in another --out.") from None
         scaler_state = ckpt["scaler"]
-        set_rng_state(ckpt["rng"])
         metrics, start_epoch = list(ckpt["metrics"]), ckpt["epoch"]
         if dist.main:
             print(f"resuming {out} after epoch {start_epoch}")
@@ -597,7 +613,11 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path, resume: bool) -> dict:
     else:
         step = Stepper(compiled, opt, device, amp_dtype, args.label_smoothing)
     if resume:
-        step.scaler.load_state_dict(scaler_state)
+        try:
+            step.scaler.load_state_dict(scaler_state)
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise CheckpointError(f"{ckpt_path} holds a gradient-scaler state that does not fit this run "
+                                  f"({type(e).__name__}): start the run afresh in another --out.") from None
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
     config = {"args": {k: v for k, v in vars(args).items() if k != "model_object"}, "policy": policy.to_dict(), "data": {k: meta[k] for k in
@@ -647,6 +667,11 @@ def _run(args, dist: Dist, out: Path, ckpt_path: Path, resume: bool) -> dict:
     tb = SummaryWriter(str(out / "tb"), purge_step=start_epoch + 1)
     return _train(args, dist, out, ckpt_path, train_loader, test_loader, net, compiled, opt, sched,
                   per_batch, step, amp_dtype, metrics, start_epoch, config, meta, tb, ema)
+
+
+def _counts(data: dict) -> str:
+    counts = data.get("counts") if isinstance(data.get("counts"), dict) else {}
+    return f"{counts.get('train')} train and {counts.get('test')} test images"
 
 
 def threads(n: int) -> str:

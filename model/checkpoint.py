@@ -56,7 +56,79 @@ def load(path, map_location="cpu") -> dict:
         raise CheckpointError(f"{path} is not a readable checkpoint: {reason}.") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "arch" not in ckpt:
         raise CheckpointError(f"{path} is not a cifarflow checkpoint (no model weights and arch).")
+    check_contents(ckpt, path)
     return ckpt
+
+
+# ---------------------------------------------------------------------------------------------
+# the schema: every field a reader uses, of its type and range
+# ---------------------------------------------------------------------------------------------
+
+def _whole(v, low=0, high=None) -> bool:
+    return type(v) is int and v >= low and (high is None or v <= high)
+
+
+def _finite(v) -> bool:
+    return type(v) in (int, float) and v == v and abs(v) != float("inf")
+
+
+def _weights_problem(weights) -> str | None:
+    """What makes ``weights`` no state dict of finite tensors, or None."""
+    if not isinstance(weights, dict) or not weights:
+        return f"its weights are a {type(weights).__name__}, not a dict of named tensors"
+    for name, t in weights.items():
+        if not isinstance(name, str) or not isinstance(t, torch.Tensor):
+            return f"its weights hold {name!r}: {type(t).__name__}, not a named tensor"
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return f"its weights are not finite numbers (NaN or infinity) in {name}"
+    return None
+
+
+_METRIC_FIELDS = ("train_loss", "train_acc", "test_loss", "test_acc")
+
+
+def _metrics_problem(metrics) -> str | None:
+    if not isinstance(metrics, list):
+        return f"its metrics are a {type(metrics).__name__}, not a list of epochs"
+    for k, m in enumerate(metrics):
+        if not isinstance(m, dict) or m.get("epoch") != k + 1:
+            return f"its metrics entry {k + 1} is not epoch {k + 1}'s"
+        bad = [f for f in _METRIC_FIELDS if f in m and not _finite(m[f])]
+        if bad or not all(f in m for f in _METRIC_FIELDS):
+            return f"its metrics of epoch {k + 1} hold {bad[0] if bad else 'no'} " + (
+                f"= {m[bad[0]]!r}, not a finite number" if bad else "losses and accuracies")
+    return None
+
+
+def check_contents(ckpt: dict, path) -> None:
+    """CheckpointError with a sentence unless every field a reader uses is of its type and range: the weights (a
+    dict of finite tensors), the arch, and where present widths, layout, activation, number of classes, the epoch,
+    the metrics, the config and the model spec. Holds for training checkpoints and released weights alike."""
+    def need(cond, what):
+        if not cond:
+            raise CheckpointError(f"{path} is not a usable cifarflow checkpoint: {what}.")
+    need(isinstance(ckpt["arch"], str), f"its arch is {ckpt['arch']!r}, not a name")
+    problem = _weights_problem(ckpt["model"])
+    need(problem is None, problem)
+    if "trained_model" in ckpt:
+        problem = _weights_problem(ckpt["trained_model"])
+        need(problem is None, (problem or "").replace("its weights", "its trained (not averaged) weights"))
+    widths = ckpt.get("widths")
+    need(widths is None or (isinstance(widths, list) and all(_whole(w, 1, 1 << 16) for w in widths)),
+         f"its widths are {widths!r}, not a list of channel counts")
+    layout_ = ckpt.get("layout")
+    need(layout_ is None or (isinstance(layout_, list) and all(isinstance(row, list) and all(type(v) is int for v in row)
+                                                               for row in layout_)),
+         "its layout is not a list of whole-number rows")
+    need(isinstance(ckpt.get("activation", ""), str), f"its activation is {ckpt.get('activation')!r}, not a name")
+    need(_whole(ckpt.get("num_classes", 10), 2, 100_000),
+         f"its number of classes is {ckpt.get('num_classes')!r}, not a whole number from 2")
+    need(ckpt.get("epoch") is None or _whole(ckpt["epoch"]), f"its epoch is {ckpt.get('epoch')!r}, not a whole number")
+    need(isinstance(ckpt.get("config", {}), dict), "its config is not a dict")
+    need(ckpt.get("model_spec") is None or isinstance(ckpt["model_spec"], dict), "its model_spec is not a dict")
+    if "metrics" in ckpt:
+        problem = _metrics_problem(ckpt["metrics"])
+        need(problem is None, problem)
 
 
 TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng", "epoch", "metrics", "config")
@@ -64,7 +136,8 @@ TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng", "epoch", "metrics",
 
 def require_resumable(ckpt: dict, path) -> None:
     """A checkpoint that --resume can continue holds the whole training state, not only weights (released weights
-    copied in as checkpoint.pt do not): CheckpointError with a sentence otherwise."""
+    copied in as checkpoint.pt do not), each part of its type, and an epoch within its run: CheckpointError with a
+    sentence otherwise."""
     missing = [k for k in TRAINING_STATE if k not in ckpt]
     if not missing and not (isinstance(ckpt["config"], dict) and isinstance(ckpt["config"].get("args"), dict)):
         missing = ["config.args"]
@@ -72,6 +145,28 @@ def require_resumable(ckpt: dict, path) -> None:
         raise CheckpointError(f"{path} holds weights without the training state ({', '.join(missing)} missing), "
                               f"as released weights do: it can be evaluated (python -m model.evaluate), not "
                               f"resumed; start a new run with another --out.")
+
+    def need(cond, what):
+        if not cond:
+            raise CheckpointError(f"{path} cannot be resumed: {what}; start the run afresh in another --out.")
+    epochs = ckpt["config"]["args"].get("epochs")
+    need(_whole(epochs, 1), f"its config records {epochs!r} epochs, not a whole number")
+    need(_whole(ckpt["epoch"], 1, epochs), f"it says it finished epoch {ckpt['epoch']!r} of a {epochs}-epoch run")
+    need(len(ckpt["metrics"]) == ckpt["epoch"], f"it holds metrics of {len(ckpt['metrics'])} epochs, not of the "
+                                                 f"{ckpt['epoch']} it finished")
+    need(_metrics_problem(ckpt["metrics"]) is None, _metrics_problem(ckpt["metrics"]))
+    opt = ckpt["optimizer"]
+    need(isinstance(opt, dict) and isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list),
+         "its optimizer state is not an optimizer's state_dict")
+    need(isinstance(ckpt["scheduler"], dict) and isinstance(ckpt["scaler"], dict),
+         "its scheduler or gradient-scaler state is not a state_dict")
+    rng = ckpt["rng"]
+    need(isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor) and rng["torch"].dtype == torch.uint8
+         and isinstance(rng.get("cuda"), list) and isinstance(rng.get("numpy"), (list, tuple)) and len(rng["numpy"]) == 5
+         and isinstance(rng.get("python"), (list, tuple)) and len(rng["python"]) == 3,
+         "its random-number state is not the one train.py saves")
+    need(isinstance(ckpt["config"].get("policy"), dict), "its config holds no augmentation policy")
+    need("ema_updates" not in ckpt or _whole(ckpt["ema_updates"]), "its ema_updates is not a whole number")
 
 
 def checkpoint_activation(ckpt: dict) -> str:

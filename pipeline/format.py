@@ -82,6 +82,8 @@ def validate_arrays(split: str, images: np.ndarray, labels: np.ndarray, num_clas
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != IMAGE_SHAPE:
         raise DataError(f"{split} images must be uint8 of shape (N, 32, 32, 3), "
                         f"got {images.dtype} {tuple(images.shape)}.")
+    if labels.dtype.kind not in "iu":
+        raise DataError(f"{split} labels must be whole numbers, got {labels.dtype}.")
     if labels.ndim != 1 or len(labels) != len(images):
         raise DataError(f"{split} has {len(images)} images but {len(labels)} labels.")
     if len(images) == 0:
@@ -137,11 +139,40 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+MAX_META_BYTES = 1 << 20      # a meta.json is about 2 kB
+MAX_META_DEPTH = 8            # its deepest nesting is 3 (source, sha256)
+MAX_CLASSES = 1000
+
+
 def _load_meta_json(path: Path):
     try:
-        return json.loads(path.read_text())
+        if path.stat().st_size > MAX_META_BYTES:
+            raise DataError(f"{path} is {path.stat().st_size:,} bytes, far more than a meta.json of ours holds: "
+                            f"convert again with --force.")
+        text = path.read_text(encoding="utf-8")
+        if _depth(text) > MAX_META_DEPTH:
+            raise DataError(f"{path} nests deeper than a meta.json of ours ever does: convert again with --force.")
+        return json.loads(text)
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise DataError(f"{path} is unreadable ({e}): convert again with --force.") from None
+
+
+def _depth(text: str) -> int:
+    """How deep the brackets of a JSON text nest (outside strings), measured before parsing: a deeply nested file
+    would otherwise end the parser in a RecursionError."""
+    depth = most = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (ch == "\\", ch != '"')
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            most = max(most, depth)
+        elif ch in "]}":
+            depth -= 1
+    return most
 
 
 def _is_number(v) -> bool:
@@ -159,6 +190,10 @@ def _check_meta_fields(meta: dict, path: Path) -> None:
     classes = meta["classes"]
     need(isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes),
          "has no list of class names in 'classes'")
+    need(2 <= len(classes) <= MAX_CLASSES, f"names {len(classes)} classes (2 to {MAX_CLASSES} are possible)")
+    need(all(c and c.isprintable() and c == c.strip() and len(c) <= 100 for c in classes),
+         "holds a class name that is empty, not printable, padded with spaces or over 100 characters")
+    need(len(set(classes)) == len(classes), "names a class twice in 'classes'")
     counts = meta["counts"]
     need(isinstance(counts, dict) and all(isinstance(counts.get(s), int) and not isinstance(counts.get(s), bool)
                                           and counts[s] > 0 for s in SPLITS),
@@ -182,6 +217,9 @@ def read_meta(data_dir: str | os.PathLike) -> dict:
     field present and its own checksum intact."""
     data_dir = Path(data_dir)
     path = data_dir / "meta.json"
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DataError(f"{data_dir} is a file, not a folder of converted data: pass the folder that "
+                        f"`python -m pipeline.convert --out` wrote.")
     if not data_dir.is_dir():
         raise DataError(f"{data_dir} does not exist: convert CIFAR-10 first with "
                         f"`python -m pipeline.convert --source SRC --out {data_dir}`.")
@@ -344,6 +382,10 @@ def load_split(data_dir: str | os.PathLike, split: str, verify: bool = True) -> 
     except (OSError, ValueError) as e:
         raise DataError(f"cannot read the {split} arrays in {data_dir} ({e}): convert again with --force.") from None
     validate_arrays(split, images, labels, len(meta["classes"]))
+    if split == "train" and int(labels.max()) + 1 != len(meta["classes"]):
+        raise DataError(f"{data_dir}: meta.json names {len(meta['classes'])} classes, but the train labels run "
+                        f"0..{int(labels.max())}: a model would learn outputs no image has; convert again with "
+                        f"--force.")
     if len(images) != meta["counts"][split]:
         raise DataError(f"{data_dir}: meta.json counts {meta['counts'][split]} {split} images, "
                         f"the array holds {len(images)}: convert again with --force.")

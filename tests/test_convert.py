@@ -413,6 +413,56 @@ def test_readers_refuse_another_format_version_and_corrupt_arrays(tmp_path, smal
         load_split(tmp_path / "missing", "train")
 
 
+def _edited_meta(out, edit):
+    """meta.json edited and its own checksum made again: well-formed, self-consistent, wrong."""
+    from pipeline.format import meta_digest
+    meta = json.loads((out / "meta.json").read_text())
+    edit(meta)
+    meta["meta_sha256"] = meta_digest(meta)
+    (out / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("edit,fragment", [
+    (lambda m: m.update(classes=m["classes"] + [f"extra{i}" for i in range(990)]), "train labels run 0..9"),
+    (lambda m: m.update(classes=m["classes"][:9] + ["airplane"]), "names a class twice"),
+    (lambda m: m.update(classes=m["classes"][:9] + ["bad\x1b[2Jname"]), "not printable"),
+    (lambda m: m.update(classes=m["classes"][:9] + [""]), "empty"),
+    (lambda m: m.update(classes=["only"]), "names 1 classes"),
+    (lambda m: m.update(source={"kind": "x", "deep": json.loads("[" * 50 + "]" * 50)}), "nests deeper"),
+])
+def test_a_self_consistent_but_wrong_meta_json_is_a_sentence(tmp_path, small_batches, edit, fragment):
+    out = tmp_path / "out"
+    convert(str(small_batches), out, **QUIET)
+    _edited_meta(out, edit)
+    with pytest.raises(DataError, match=fragment):
+        load_split(out, "train")
+
+
+def test_a_meta_json_nested_past_the_parser_is_a_sentence(tmp_path, small_batches):
+    out = tmp_path / "out"
+    convert(str(small_batches), out, **QUIET)
+    (out / "meta.json").write_text("[" * 100_000 + "]" * 100_000)        # json.loads: RecursionError
+    with pytest.raises(DataError, match="nests deeper"):
+        read_meta(out)
+
+
+def test_labels_that_are_not_whole_numbers_are_refused(tmp_path, small_batches):
+    from pipeline.format import sha256_file
+    out = tmp_path / "out"
+    convert(str(small_batches), out, **QUIET)
+    labels = np.load(out / "train_labels.npy").astype(np.float64) + 0.25
+    np.save(out / "train_labels.npy", labels)
+    _edited_meta(out, lambda m: m["sha256"].update({"train_labels.npy": sha256_file(out / "train_labels.npy")}))
+    with pytest.raises(DataError, match="train labels must be whole numbers, got float64"):
+        load_split(out, "train")
+
+
+def test_a_data_dir_that_is_a_file_says_so(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DataError, match="is a file, not a folder of converted data"):
+        read_meta(tmp_path / "afile")
+
+
 # --------------------------------------------------------------------------------------------
 # nothing of the user's is ever deleted
 # --------------------------------------------------------------------------------------------
