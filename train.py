@@ -29,7 +29,7 @@ from model import custom, recipe, training
 from model.checkpoint import (CUSTOM, CheckpointError, checkpoint_weights, load, model_from_checkpoint,
                               require_resumable, save_atomic, write_atomic, write_text_atomic)
 from model.training import AMP_CHOICES, GraphStepper, Stepper, graph_problem, precision
-from pipeline import build_loader, known_loaders
+from pipeline import build_loader, check_seed, known_loaders
 from pipeline.albu_import import add_policy_arguments, policy_for
 from pipeline.cli import HelpFormatter, os_error_sentence, run_main
 from pipeline.format import load_split, read_meta
@@ -67,6 +67,23 @@ def positive_float(text):
     if v == 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return v
+
+
+def learning_rate(text):
+    v = positive_float(text)
+    if v > FLOAT32_MAX:     # the optimizer steps in float32: it refuses such a rate mid-step, with a traceback
+        raise argparse.ArgumentTypeError(f"must be a rate a float32 can hold (at most {FLOAT32_MAX:.3g}), got {text}")
+    return v
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def seed_number(text):
+    try:
+        return check_seed(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to 2**63 - 1, got {text}") from None
 
 
 def fraction(text):
@@ -123,7 +140,7 @@ def build_parser(parser_class=argparse.ArgumentParser):
                              "recipes/default.toml, which holds every default below; flags override both")
     rec.add_argument("--epochs", type=positive_int, help="training epochs")
     rec.add_argument("--batch-size", type=positive_int, help="images per step (per process)")
-    rec.add_argument("--lr", type=positive_float, help="peak learning rate (onecycle) or initial (step)")
+    rec.add_argument("--lr", type=learning_rate, help="peak learning rate (onecycle) or initial (step)")
     rec.add_argument("--momentum", type=fraction, help="SGD momentum")
     rec.add_argument("--nesterov", action=argparse.BooleanOptionalAction, help="Nesterov momentum")
     rec.add_argument("--weight-decay", type=non_negative_float,
@@ -132,7 +149,8 @@ def build_parser(parser_class=argparse.ArgumentParser):
                         help="learning-rate schedule: OneCycle (linear warm-up and decay) or StepLR")
     rec.add_argument("--warmup", type=fraction, help="OneCycle: share of steps spent warming up")
     rec.add_argument("--label-smoothing", type=fraction, help="of the cross-entropy targets")
-    rec.add_argument("--seed", type=int, help="seeds the weights, the epoch order and the augmentation")
+    rec.add_argument("--seed", type=seed_number, help="seeds the weights, the epoch order and the augmentation "
+                                                       "(0 to 2**63 - 1)")
     model = ap.add_argument_group("model")
     model.add_argument("--arch", choices=ARCHS, help="the built-in net (see --model for your own)")
     model.add_argument("--model", default=None, metavar="FILE.py:NAME",
@@ -383,15 +401,44 @@ def make_ema(net, decay: float):
     return AveragedModel(net, multi_avg_fn=update, use_buffers=True)
 
 
+class NonFiniteLoss(Exception):
+    """A loss that is NaN or infinite: training cannot go on from there. ``where``: "step 17 of epoch 3"."""
+
+    def __init__(self, where: str, value: float):
+        super().__init__(where, value)
+        self.where, self.value = where, value
+
+
+def check_losses(losses: torch.Tensor, epoch: int, dist: "Dist | None", final: bool) -> None:
+    """NonFiniteLoss naming the first of ``losses`` (each step's, in order) that is not finite, if any. Reads the
+    device, so it is called where the loop reads it anyway. Under torchrun only at the end of the epoch (``final``),
+    and decided over all ranks at once, so that every rank stops together instead of one waiting for the others."""
+    bad = ~torch.isfinite(losses)
+    if dist is not None and dist.enabled:
+        if not final:
+            return
+        local = bool(bad.any())
+        if dist.sum(float(local))[0] == 0:
+            return
+        if not local:
+            raise NonFiniteLoss(f"epoch {epoch} (on another process)", float("nan"))
+    elif not bool(bad.any()):
+        return
+    step = int(bad.nonzero()[0, 0])
+    raise NonFiniteLoss(f"step {step + 1} of epoch {epoch}", float(losses[step]))
+
+
 def train_one_epoch(step: Stepper, loader, sched, per_batch, epoch, epochs, dist: "Dist | None" = None,
                     seen: list | None = None, ema=None, net=None):
     """One epoch; returns (loss, accuracy, seconds, images/s), summed over ranks. ``seen`` collects the
     sample indices trained on (the loader then yields them); ``ema`` (with the unwrapped ``net``) is
-    updated after every step."""
+    updated after every step. NonFiniteLoss at the first step whose loss is NaN or infinite (check_losses, where
+    the losses are read: about once a second, and at the end)."""
     from tqdm import tqdm
     step.net.train()
     device = step.device
-    loss_sum = torch.zeros((), device=device)
+    losses = torch.zeros(max(len(loader), 1), device=device)    # each step's loss, kept on the device
+    sizes = []
     correct = torch.zeros((), device=device, dtype=torch.long)
     n = 0
     start = shown = time.perf_counter()
@@ -407,19 +454,25 @@ def train_one_epoch(step: Stepper, loader, sched, per_batch, epoch, epochs, dist
                 ema.update_parameters(net)
             if per_batch:
                 sched.step()
-            loss_sum += loss * len(y)
+            if b == len(losses):        # a loader that yields more batches than its len() said
+                losses = torch.cat([losses, torch.zeros_like(losses)])
+            losses[b] = loss
+            sizes.append(len(y))
             correct += (out.argmax(1) == y).sum()
             n += len(y)
             now = time.perf_counter()
-            if now - shown >= 1.0:      # reading the loss waits for the GPU: about once a second, as tqdm redraws
+            if now - shown >= 1.0:      # reading the losses waits for the GPU: about once a second, as tqdm redraws
                 shown = now
-                bar.set_postfix(loss=f"{loss_sum.item() / n:.3f}", img_s=f"{n / (now - start):.0f}")
+                check_losses(losses[:b + 1], epoch + 1, dist, final=False)
+                bar.set_postfix(loss=f"{losses[:b + 1].mean().item():.3f}", img_s=f"{n / (now - start):.0f}")
     if not per_batch:
         sched.step()
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    total_loss, total_correct, total_n = loss_sum.item(), correct.item(), n
+    check_losses(losses[:len(sizes)], epoch + 1, dist, final=True)
+    total_loss = float((losses[:len(sizes)].double() * torch.tensor(sizes, dtype=torch.float64, device=device)).sum())
+    total_correct, total_n = correct.item(), n
     if dist is not None:
         total_loss, total_correct, total_n, seconds = dist.sum(total_loss, total_correct, total_n, seconds)
         seconds /= dist.world
@@ -691,6 +744,8 @@ def _train(args, dist, out, ckpt_path, train_loader, test_loader, net, compiled,
                                                               args.epochs, dist, seen, ema, net)
             tested = net if ema is None else ema.module
             te_loss, te_acc = evaluate(tested, test_loader, device, amp_dtype, dist)
+            if not math.isfinite(te_loss):
+                raise NonFiniteLoss(f"the test set after epoch {epoch + 1}", te_loss)
             if seen is not None:
                 out.mkdir(parents=True, exist_ok=True)
                 write_json(seen, out / f"samples-epoch{epoch + 1}-rank{dist.rank}.json")
@@ -721,6 +776,8 @@ def _train(args, dist, out, ckpt_path, train_loader, test_loader, net, compiled,
             plot_history(metrics, out / "history.png")
     except KeyboardInterrupt:
         raise KeyboardInterrupt(interrupted_sentence(out, saved)) from None
+    except NonFiniteLoss as e:
+        raise RunError(non_finite_sentence(e, args, out, saved)) from None
     finally:
         if tb is not None:
             tb.close()
@@ -811,6 +868,14 @@ def save_checkpoint(state: dict, ckpt_path: Path, out: Path, metrics: list[dict]
                                                 f"once there is room." if kept else
                                                 "no checkpoint: run the same command again once there is room.")
                        ) from None
+
+
+def non_finite_sentence(e: NonFiniteLoss, args, out: Path, saved: int) -> str:
+    kept = (f"{out} still holds epoch {saved}'s checkpoint, trained before it" if saved else
+            "no checkpoint was written")
+    return (f"the loss became {e.value} at {e.where}: the model's outputs or weights are no longer finite numbers "
+            f"(a learning rate too high for it, --lr {args.lr:g}, or a model that makes NaN); stopped, {kept}: "
+            f"lower --lr or mend the model, and start a new run.")
 
 
 def interrupted_sentence(out: Path, done: int) -> str:

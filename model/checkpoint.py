@@ -2,6 +2,7 @@
 Also the atomic writer every run file and report goes through (train.py, model.release, bench)."""
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import zipfile
@@ -20,6 +21,7 @@ def write_atomic(path, write) -> None:
     """``write(f)`` into a temporary file beside ``path`` (opened "wb"), fsync, then rename over ``path``:
     after a crash or Ctrl-C the old file or the new one is there, never half of one."""
     path = Path(path)
+    _remove_stale(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -31,13 +33,31 @@ def write_atomic(path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _remove_stale(path: Path) -> None:
+    """The temporary files that a writer of ``path`` killed at the wrong moment left beside it (``.NAME.tmp-PID``
+    of a process that is gone): removed when the file is next written."""
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except (PermissionError, OverflowError):
+            pass
+
+
 def write_text_atomic(path, text: str) -> None:
     write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def save_atomic(obj: dict, path: Path) -> None:
-    """torch.save, atomically: never half a checkpoint."""
-    write_atomic(path, lambda f: torch.save(obj, f))
+    """torch.save, atomically: never half a checkpoint. Serialized in memory first and written as plain bytes, so
+    that a full disk is the OSError it is (torch.save's own writer reports it as a RuntimeError)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomic(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def load(path, map_location="cpu") -> dict:

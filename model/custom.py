@@ -62,6 +62,10 @@ def _import_file(path: Path):
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
+    except SystemExit as e:      # exit() in the user's file is a failure to build the model, never a success
+        sys.modules.pop(name, None)
+        raise ModelSpecError(f"--model: importing {path} called exit({_code(e)}): a model file must only define "
+                             f"the model.") from None
     except Exception as e:       # noqa: BLE001  the user's code: its failure becomes a sentence naming the file
         sys.modules.pop(name, None)
         raise ModelSpecError(f"--model: importing {path} failed ({type(e).__name__}: {e}).") from None
@@ -81,6 +85,8 @@ def resolve(text: str) -> tuple[ModelSpec, object]:
     else:
         try:
             module = importlib.import_module(source)
+        except SystemExit as e:
+            raise ModelSpecError(f"--model: importing module {source!r} called exit({_code(e)}).") from None
         except Exception as e:   # noqa: BLE001
             raise ModelSpecError(f"--model: cannot import module {source!r} ({type(e).__name__}: {e}).") from None
         file = getattr(module, "__file__", None)
@@ -91,6 +97,10 @@ def resolve(text: str) -> tuple[ModelSpec, object]:
         raise ModelSpecError(f"--model: {spec.source} has no {attr!r}" +
                              (f" (it has {', '.join(names[:6])})." if names else "."))
     return spec, getattr(module, attr)
+
+
+def _code(e: SystemExit) -> str:
+    return "" if e.code is None else repr(e.code)
 
 
 def _takes_num_classes(fn) -> bool:
@@ -108,6 +118,9 @@ def build(text: str, num_classes: int = 10) -> tuple[nn.Module, ModelSpec]:
         raise ModelSpecError(f"--model: {spec.text} is a {type(obj).__name__}, not an nn.Module class or a factory.")
     try:
         net = obj(num_classes=num_classes) if _takes_num_classes(obj) else obj()
+    except SystemExit as e:      # builtins:exit names a callable too
+        raise ModelSpecError(f"--model: building {spec.text} called exit({_code(e)}), which is no model: name an "
+                             f"nn.Module class or a function that returns one.") from None
     except Exception as e:       # noqa: BLE001
         raise ModelSpecError(f"--model: building {spec.text} failed ({type(e).__name__}: {e}).") from None
     if not isinstance(net, nn.Module):
@@ -123,6 +136,8 @@ def check_output(net: nn.Module, num_classes: int, name: str) -> None:
     try:
         with torch.no_grad():
             out = net(torch.zeros(2, 3, 32, 32))
+    except SystemExit as e:
+        raise ModelSpecError(f"--model: {name} called exit({_code(e)}) on a batch of 32x32 RGB images.") from None
     except Exception as e:       # noqa: BLE001
         raise ModelSpecError(f"--model: {name} fails on a batch of 32x32 RGB images "
                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]}).") from None

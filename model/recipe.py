@@ -66,6 +66,8 @@ def _one(where: str, action: argparse.Action, value):
     if isinstance(value, bool):     # TOML's true is no number (int(True) would pass for 1)
         raise RecipeError(f"{where} must be {'a number' if action.type else 'text'}, not true or false.")
     if action.type is not None:
+        if isinstance(value, str):      # the command line reads text; a recipe holds the number itself
+            raise RecipeError(f"{where} must be a number, not text: write it without quotes.")
         try:
             value = action.type(str(value))
         except argparse.ArgumentTypeError as e:

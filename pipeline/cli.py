@@ -60,6 +60,9 @@ def os_error_sentence(e: OSError) -> str:
         return f"{where.strip()} is a folder, where a file was expected: pick another path."
     if code == errno.ENAMETOOLONG:
         return f"the path{where} is too long: pick a shorter one."
+    if code == errno.EBUSY:
+        return (f"{where.strip() or 'a file or folder'} is in use or a mount point (device or resource busy), and "
+                f"cannot be replaced: pick a folder inside it, or another path.")
     if code == errno.EIO:
         return f"the disk failed to read or write{where} (input/output error): check the disk and try again."
     return f"{where.strip() or 'a file operation'} failed: {e.strerror or e}."
@@ -77,6 +80,13 @@ def _out_of_memory() -> tuple[type[BaseException], ...]:
     return (oom,) if oom is not None else ()
 
 
+def _raised_by_argparse(e: BaseException) -> bool:
+    tb = e.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_filename == argparse.__file__
+
+
 def run_main(body: Callable[[], int | None], *, expected: tuple[type[BaseException], ...] = (),
              interrupted: str | Callable[[], str] = "interrupted.") -> int:
     """Run a command's body; returns its exit code (0 when it returns None)."""
@@ -87,6 +97,13 @@ def run_main(body: Callable[[], int | None], *, expected: tuple[type[BaseExcepti
         text = interrupted() if callable(interrupted) else interrupted
         print(f"\n{text}", file=sys.stderr)
         return INTERRUPTED
+    except SystemExit as e:     # exit() called by code the command ran (a user's model or policy): not a success
+        if _raised_by_argparse(e):
+            raise               # --help, or a bad flag: argparse has said it
+        code = "" if e.code is None else repr(e.code)
+        print(f"error: code the command ran called exit({code}) before the command finished (a --model or "
+              f"--policy file's code?): nothing after it was done; remove that call.", file=sys.stderr)
+        return 2
     except OSError as e:
         print(f"error: {os_error_sentence(e)}", file=sys.stderr)
         return 2

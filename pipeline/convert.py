@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from pipeline.cli import run_main
-from pipeline.format import DataError, atomic_dir, exclusive, owned_dataset, read_meta, write_dataset
+from pipeline.format import (DataError, atomic_dir, exclusive, owned_dataset, read_meta, replaceable,
+                             write_dataset)
 from pipeline.sources import describe, read_source
 
 
@@ -22,7 +23,7 @@ def convert(source: str, out: str | Path, force: bool = False, log=print) -> dic
     """Convert ``source`` into ``out``; returns the meta. Does nothing (and says so) when ``out``
     already holds a conversion of the same, unchanged source, unless ``force``. A folder that is not
     provably a conversion of ours is never replaced, ``force`` or not."""
-    out = Path(out)
+    out = replaceable(out)
     desc = describe(source)
     with exclusive(out):
         if out.exists():

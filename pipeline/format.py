@@ -101,8 +101,8 @@ def write_dataset(out: Path, arrays: dict[str, tuple[np.ndarray, np.ndarray]],
         validate_arrays(split, images, labels, len(classes))
     for split in SPLITS:
         images, labels = arrays[split]
-        np.save(out / f"{split}_images.npy", np.ascontiguousarray(images, dtype=np.uint8))
-        np.save(out / f"{split}_labels.npy", np.asarray(labels, dtype=np.int64))
+        _save(out / f"{split}_images.npy", np.ascontiguousarray(images, dtype=np.uint8))
+        _save(out / f"{split}_labels.npy", np.asarray(labels, dtype=np.int64))
     mean, std = channel_stats(arrays["train"][0])
     meta = {
         "format": FORMAT_NAME,
@@ -119,6 +119,16 @@ def write_dataset(out: Path, arrays: dict[str, tuple[np.ndarray, np.ndarray]],
     for name in ARRAY_FILES + ("meta.json",):
         _fsync(out / name)
     return meta
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    """np.save; a short write (numpy's "N requested and M written", with no errno) is the full disk it is."""
+    try:
+        np.save(path, array)
+    except OSError as e:
+        if e.errno is None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+        raise
 
 
 def meta_digest(meta: dict) -> str:
@@ -405,7 +415,10 @@ def _remove_stale_tmp(final: Path) -> None:
     for p in final.parent.glob(_tmp_prefix(final) + "*"):
         pid = p.name[len(_tmp_prefix(final)):].split("-")[0]
         if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
-            shutil.rmtree(p, ignore_errors=True)
+            if p.is_symlink() or not p.is_dir():
+                p.unlink(missing_ok=True)
+            else:
+                shutil.rmtree(p, ignore_errors=True)
 
 
 def pid_alive(pid: int) -> bool:
@@ -450,13 +463,26 @@ def exclusive(final: Path):
         os.close(fd)
 
 
+def replaceable(final: Path) -> Path:
+    """The folder that replacing ``final`` replaces: where it points if it is a link (so the link keeps its place);
+    DataError with a sentence for a mount point, which no rename can replace."""
+    final = Path(final)
+    if final.is_symlink():
+        final = final.resolve()
+    if os.path.ismount(final):
+        raise DataError(f"{final} is a mount point, which cannot be replaced as a whole: pass a folder inside it "
+                        f"(e.g. --out {final / 'cifar10'}).")
+    return final
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path):
     """Yield a fresh temporary folder beside ``final``; on success, swap it into place.
 
     On any exception, KeyboardInterrupt included, the temporary folder is removed and ``final``
-    is left exactly as it was (absent, or the old one)."""
-    final = Path(final)
+    is left exactly as it was (absent, or the old one). A ``final`` that is a link to a folder is replaced where it
+    points, so the link keeps its place; a mount point cannot be replaced, and is refused with a sentence."""
+    final = replaceable(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(final)
     tmp = final.parent / f"{_tmp_prefix(final)}{os.getpid()}-{uuid.uuid4().hex[:8]}"

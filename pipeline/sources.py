@@ -74,7 +74,15 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return super().find_class(module, name)
         if (module, name) == ("_codecs", "encode"):  # how Python 3 writes bytes at protocol 2
             return _latin1_encode
+        if (module, name) in (("__builtin__", "bytes"), ("builtins", "bytes")):    # empty bytes, at protocol 2
+            return _empty_bytes
         raise pickle.UnpicklingError(f"refused global {module}.{name}")
+
+
+def _empty_bytes(*args):
+    if args:
+        raise pickle.UnpicklingError("refused global builtins.bytes with arguments")
+    return b""
 
 
 def _latin1_encode(text, encoding="utf-8"):
@@ -111,6 +119,9 @@ def parse_batch(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
         shape = getattr(x, "shape", None)
         raise DataError(f"{name}: 'data' must be a uint8 array of shape (N, 3072), got "
                         f"{getattr(x, 'dtype', type(x).__name__)} {shape}.")
+    if len(x) == 0:
+        raise DataError(f"{name} holds no images (an official CIFAR-10 batch holds 10,000): it is empty or was cut "
+                        f"short; use a complete copy.")
     y = _integer_labels(labels, name)
     if y.ndim != 1 or len(y) != len(x):
         raise DataError(f"{name} holds {len(x)} images but {y.size} labels.")
@@ -286,6 +297,10 @@ def iter_archive(archive: Path, limit_of) -> Iterator[tuple[str, bytes]]:
                         raise DataError(f"{archive} was refused: member {info.name!r} is {info.size} bytes, "
                                         f"over the {limit}-byte limit.")
                     yield member, _read_limited(tf.extractfile(info), limit, info.name, archive)
+            # read on past the tar's end marker to the end of the stream: gzip and xz check their payload's
+            # checksum only there, so a flipped byte in a member would otherwise convert into wrong pixels
+            while block := stream.read(1 << 16):
+                budget.take(len(block))
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError) as e:
         raise DataError(f"{archive} is not a readable archive ({type(e).__name__}: {e}): "
                         f"the file is corrupt or truncated.") from None
@@ -412,8 +427,9 @@ class _ImageSet:
                             f"60,000: it is not a CIFAR-10 source.")
         self.prefixes.add(m["prefix"] or "")
         if len(self.prefixes) > 1:
-            raise DataError(f"{self.where} holds several train/test trees ({', '.join(sorted(self.prefixes))}): "
-                            f"keep one.")
+            trees = ", ".join(f"{prefix}/train and {prefix}/test" if prefix else "train and test at its top level"
+                              for prefix in sorted(self.prefixes))
+            raise DataError(f"{self.where} holds several train/test trees ({trees}): keep one.")
         self.images[(m["split"], m["cls"], m["file"])] = decode_image(data, name)
 
     def assemble(self) -> tuple[Arrays, list[str]]:

@@ -732,3 +732,94 @@ def test_encrypted_or_unsupported_zips_are_a_sentence(tmp_path, case, fragment):
             i = raw.find(sig, i + 4)
     archive.write_bytes(bytes(raw))
     assert_one_sentence_error(run_cli("--source", archive, "--out", tmp_path / "out"), str(archive), fragment)
+
+
+# --------------------------------------------------------------------------------------------
+# archives read to their end; sentences that say what is wrong
+# --------------------------------------------------------------------------------------------
+
+def test_a_gzip_with_a_flipped_byte_in_its_payload_is_refused(tmp_path, small_batches):
+    """Stored (uncompressed) deflate blocks: the flipped byte decodes silently, only gzip's CRC at the stream's end
+    tells; the tar's end marker comes before it, so the archive must be read to its end."""
+    import gzip
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tf:
+        tf.add(small_batches, arcname="cifar-10-batches-py")
+    packed = bytearray(gzip.compress(raw.getvalue(), compresslevel=0))
+    tar = raw.getvalue()
+    at = tar.index(b"data_batch_3") + 5000          # inside a batch's pickled pixels
+    packed[len(packed) - len(tar) + at - 8] ^= 0x01   # (stored blocks: the payload's bytes, a few headers before)
+    tgz = tmp_path / "flipped.tar.gz"
+    tgz.write_bytes(bytes(packed))
+    proc = run_cli("--source", tgz, "--out", tmp_path / "out")
+    assert_one_sentence_error(proc, "flipped.tar.gz", "corrupt")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_a_batch_of_zero_images_says_so(tmp_path, small_batches, protocol):
+    batch = small_batches / "data_batch_2"
+    with open(batch, "wb") as f:
+        pickle.dump({"data": np.zeros((0, 3072), np.uint8), "labels": []}, f, protocol=protocol)
+    proc = run_cli("--source", small_batches, "--out", tmp_path / "out")
+    assert_one_sentence_error(proc, "data_batch_2 holds no images")
+    assert "malicious" not in proc.stderr
+
+
+def test_an_archive_with_two_trees_names_both(tmp_path):
+    tree = make_image_tree(tmp_path / "tree", train=10, test=10)
+    tgz = tmp_path / "two.tar"
+    with tarfile.open(tgz, "w") as tf:
+        for top in ("", "copy/"):
+            for split in ("train", "test"):
+                tf.add(tree / split, arcname=f"{top}{split}")
+    proc = run_cli("--source", tgz, "--out", tmp_path / "out")
+    assert_one_sentence_error(proc, "train and test at its top level, copy/train and copy/test")
+
+
+def test_a_full_disk_while_numpy_writes_the_arrays_is_a_full_disk(tmp_path, small_batches, monkeypatch):
+    def short(path, array):
+        raise OSError(f"{array.size} requested and 12 written")     # numpy's tofile: no errno
+    monkeypatch.setattr(np, "save", short)
+    proc = run_cli("--source", small_batches, "--out", tmp_path / "out")
+    assert_one_sentence_error(proc, "no space left on the disk", "train_images.npy")
+
+
+def test_a_mount_point_is_refused_before_anything_is_read(tmp_path, small_batches, monkeypatch):
+    target = tmp_path / "mnt"
+    target.mkdir()
+    real = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: Path(p) == target or real(p))
+    proc = run_cli("--source", small_batches, "--out", target)
+    assert_one_sentence_error(proc, "is a mount point", f"--out {target / 'cifar10'}")
+    from pipeline.cli import os_error_sentence
+    import errno
+    assert "mount point" in os_error_sentence(OSError(errno.EBUSY, "Device or resource busy", "/mnt"))
+
+
+def test_force_into_a_link_replaces_the_folder_it_points_to_and_keeps_the_link(tmp_path, small_batches):
+    real, link = tmp_path / "big-disk" / "cifar10", tmp_path / "cifar10"
+    convert(str(small_batches), real, **QUIET)
+    link.symlink_to(real)
+    other = write_batches(tmp_path / "other" / "cifar-10-batches-py", per_batch=30, seed=5)
+    assert run_cli("--source", other, "--out", link, "--force").returncode == 0
+    assert link.is_symlink() and read_meta(link)["counts"]["train"] == 150
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big-disk", "cifar-10-batches-py", "cifar10", "other"]
+    assert sorted(p.name for p in real.parent.iterdir()) == ["cifar10"]     # no .tmp-…-old- left behind
+
+
+def test_what_a_kill_left_beside_a_file_or_folder_is_cleaned_by_the_next_run(tmp_path, small_batches):
+    from model.checkpoint import write_text_atomic
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".metrics.json.tmp-{dead.pid}"
+    stale.write_text("half")
+    write_text_atomic(tmp_path / "metrics.json", "[]")
+    assert not stale.exists() and (tmp_path / "metrics.json").read_text() == "[]"
+    out = tmp_path / "data"
+    convert(str(small_batches), out, **QUIET)
+    left = [tmp_path / f".data.tmp-{dead.pid}-old-1234abcd", tmp_path / f".data.tmp-{dead.pid}-5678abcd"]
+    left[0].symlink_to(out)                          # an old link renamed aside, and a half-written folder
+    left[1].mkdir()
+    convert(str(small_batches), out, force=True, **QUIET)
+    assert not any(p.exists() or p.is_symlink() for p in left) and read_meta(out)

@@ -44,6 +44,9 @@ def test_a_recipe_file_overrides_the_default_and_flags_override_it(tmp_path):
 @pytest.mark.parametrize("text, says", [
     ("epoch = 3\n", "'epoch' is not an option of train.py"),
     ('epochs = "thirty"\n', "must be a number, not text"),
+    ('lr = "0.1"\n', "must be a number, not text: write it without quotes"),
+    ('widths = ["32", 64, 96, 128]\n', "must be a number, not text"),
+    ("seed = -1\n", "must be a whole number from 0 to 2**63 - 1"),
     ("epochs = 2.5\n", "must be a whole number"),
     ("epochs = 0\n", "must be a positive integer"),
     ("lr = -1\n", "must be a non-negative number"),

@@ -516,3 +516,106 @@ def test_an_incomplete_meta_json_is_a_sentence_for_train(tiny_dir, tmp_path):
     (data / "meta.json").write_text(json.dumps(meta))
     proc = run(train_cmd("--data-dir", data, "--epochs", 1, "--out", tmp_path / "r"))
     assert proc.returncode == 2 and "lacks the field 'mean'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# the training loop watches its numbers
+# --------------------------------------------------------------------------------------------
+
+NAN_AFTER = '''
+import torch
+import torch.nn as nn
+
+
+class Net(nn.Module):
+    """Learns for {steps} training steps, then makes NaN."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, num_classes)
+        self.steps = 0
+
+    def forward(self, x):
+        out = self.fc(self.conv(x).relu().mean((2, 3)))
+        if self.training:
+            self.steps += 1
+            if self.steps > {steps}:
+                out = out * float("nan")
+        return out
+'''
+
+
+def _last_line(proc):
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr
+    return proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_loss_that_turns_nan_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_dir, tmp_path):
+    model = tmp_path / "nan_net.py"
+    model.write_text(NAN_AFTER.format(steps=6))        # the tiny data: 5 steps an epoch, so step 2 of epoch 2
+    out = tmp_path / "run"
+    proc = run(train_cmd("--data-dir", tiny_dir, "--epochs", 3, "--model", f"{model}:Net", "--out", out))
+    err = _last_line(proc)
+    assert "the loss became nan at step 2 of epoch 2" in err and "still holds epoch 1's checkpoint" in err, err
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert [m["epoch"] for m in json.loads((out / "metrics.json").read_text())] == [1]
+
+
+def test_an_absurd_learning_rate_stops_the_run_with_a_sentence(tiny_dir, tmp_path):
+    proc = run(train_cmd("--data-dir", tiny_dir, "--epochs", 1, "--lr", "1e30", "--arch", "dilated",
+                         "--out", tmp_path / "run"))
+    err = _last_line(proc)
+    assert "the loss became" in err and "of epoch 1" in err and "--lr 1e+30" in err and "no checkpoint" in err, err
+    err = _last_line(run(train_cmd("--data-dir", tiny_dir, "--lr", "1e308", "--out", tmp_path / "run2")))
+    assert "--lr: must be a rate a float32 can hold" in err, err
+
+
+@pytest.mark.parametrize("spec", ["exits.py:Net", "builtins:exit"])
+def test_a_model_that_calls_exit_is_an_error_not_a_success(tiny_dir, tmp_path, spec):
+    (tmp_path / "exits.py").write_text("import sys\nsys.exit(0)\n")
+    spec = str(tmp_path / spec) if spec.startswith("exits") else spec
+    proc = run(train_cmd("--data-dir", tiny_dir, "--epochs", 1, "--model", spec, "--out", tmp_path / "run"))
+    err = _last_line(proc)
+    assert "called exit(" in err, err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("seed", ["-1", str(1 << 63), "x"])
+def test_a_seed_no_generator_takes_is_refused_by_the_command_line(seed, capsys):
+    import train
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(["--seed", seed])
+    assert e.value.code == 2 and "must be a whole number from 0 to 2**63 - 1" in capsys.readouterr().err
+
+
+def test_a_full_disk_while_torch_writes_the_checkpoint_is_said_as_one(tiny_dir, tmp_path, monkeypatch):
+    """torch.save's own writer reports a full disk as a RuntimeError; the checkpoint is serialized in memory and
+    written as plain bytes, so it is the OSError it is, with the sentence failure-behaviour.md promises (on the first
+    run and on --resume alike)."""
+    import builtins
+
+    import model.checkpoint
+    out = tmp_path / "run"
+    args = ("--data-dir", tiny_dir, "--epochs", 2, "--arch", "dilated", "--out", out)
+    saves = []
+
+    def full_on(nth):
+        def fake_open(path, mode="r", *a, **k):
+            if str(path).endswith(".tmp-" + str(os.getpid())) and ".checkpoint.pt" in str(path):
+                saves.append(path)
+                if len(saves) == nth:
+                    return builtins.open("/dev/full", mode, *a, **k)    # every write: ENOSPC
+            return builtins.open(path, mode, *a, **k)
+        return fake_open
+    with monkeypatch.context() as m:
+        m.setattr(model.checkpoint, "open", full_on(2), raising=False)
+        err = _last_line(run(train_cmd(*args)))
+    assert "could not save the checkpoint of epoch 2: no space left on the disk" in err and "epoch 1's" in err, err
+    saves.clear()
+    with monkeypatch.context() as m:
+        m.setattr(model.checkpoint, "open", full_on(1), raising=False)
+        err = _last_line(run(train_cmd(*args, "--resume")))
+    assert "could not save the checkpoint of epoch 2: no space left on the disk" in err and "epoch 1's" in err, err
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
