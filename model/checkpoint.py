@@ -140,7 +140,8 @@ def check_contents(ckpt: dict, path) -> None:
     need(layout_ is None or (isinstance(layout_, list) and all(isinstance(row, list) and all(type(v) is int for v in row)
                                                                for row in layout_)),
          "its layout is not a list of whole-number rows")
-    need(isinstance(ckpt.get("activation", ""), str), f"its activation is {ckpt.get('activation')!r}, not a name")
+    need(ckpt.get("activation") is None or isinstance(ckpt["activation"], str),     # None: a --model's own
+         f"its activation is {ckpt.get('activation')!r}, not a name")
     need(_whole(ckpt.get("num_classes", 10), 2, 100_000),
          f"its number of classes is {ckpt.get('num_classes')!r}, not a whole number from 2")
     need(ckpt.get("epoch") is None or _whole(ckpt["epoch"]), f"its epoch is {ckpt.get('epoch')!r}, not a whole number")

@@ -13,7 +13,7 @@ def trained(tmp_path_factory, tiny_dir):
     """A finished one-epoch run on the tiny data: (its folder, the command's arguments)."""
     import train
     out = tmp_path_factory.mktemp("ckpt") / "run"
-    args = ("--data-dir", tiny_dir, "--epochs", 1, "--out", out, "--arch", "dilated")
+    args = ("--data-dir", tiny_dir, "--epochs", 1, "--out", out)
     proc = run_in_process(train.main, *args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out, args
