@@ -44,7 +44,7 @@ def finished(run: Path, epochs: int) -> list | None:
 def recipe_mismatch(run: Path, intended: dict) -> str | None:
     """How the finished ``run``'s recorded recipe differs from ``intended`` (train.py's parsed arguments), or
     None when it is the same."""
-    from model import recipe
+    from trainer import recipe
     try:
         config = json.loads((run / "config.json").read_text())
     except (OSError, ValueError):
@@ -111,7 +111,7 @@ def write_report(report: dict, out_dir: Path, stem: str) -> Path:
 
 
 def recipe(config: dict) -> str:
-    from model.recipe import recorded
+    from trainer.recipe import recorded
     a = recorded(config) or config.get("args", {})
     keys = ("loader", "batch_size", "lr", "schedule", "warmup", "momentum", "nesterov", "weight_decay",
             "label_smoothing", "ema", "widths", "activation", "whiten")
@@ -162,13 +162,12 @@ def _main(argv=None) -> int:
     # train.py runs in the project root: hand it absolute paths, whatever folder this was started from
     args.data_dir, args.runs_dir = Path(args.data_dir).resolve(), Path(args.runs_dir).resolve()
     config = str(Path(args.config).resolve()) if args.config else None
-    import train
     from bench.__main__ import choose_device, device_name
-    from model.recipe import RecipeError, load
     from pipeline.format import DataError, read_meta
+    from trainer.recipe import RecipeError, load_file, parse_command_line
     try:
         if args.config:
-            load(args.config, train.build_parser())     # a recipe train.py would refuse, refused before any run
+            load_file(args.config)                      # a recipe train.py would refuse, refused before any run
         read_meta(args.data_dir)
         device = choose_device(args.device)
         desc, slug = device_name(device)
@@ -195,7 +194,7 @@ def _main(argv=None) -> int:
         if metrics is None:
             todo.append(seed)
             continue
-        differs = recipe_mismatch(run, vars(train.parse_args(train_args(seed))))
+        differs = recipe_mismatch(run, vars(parse_command_line(train_args(seed))))
         if differs:
             # (its report, written when it finished, stays valid)
             print(f"error: seed {seed}: {run} finished under another recipe than this command's ({differs}): "

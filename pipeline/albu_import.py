@@ -360,11 +360,13 @@ def policy_for(meta: dict, path=None, *, strict: bool = False) -> tuple[AugmentP
     return load_policy(path, mean=meta["mean"], std=meta["std"], strict=strict)
 
 
+POLICY_HELP = ("your augmentation policy instead of the project's: a .py file whose `transform` is an albumentations "
+               "Compose (1.x keywords such as max_holes are mapped, one note each), or a .json policy; what no engine "
+               "reproduces is refused")
+STRICT_POLICY_HELP = "refuse albumentations 1.x keywords in --policy instead of mapping them"
+
+
 def add_policy_arguments(parser) -> None:
     """``--policy FILE`` and ``--strict-policy``, as every command that augments takes them."""
-    parser.add_argument("--policy", default=None, metavar="FILE",
-                        help="your augmentation policy instead of the project's: a .py file whose `transform` is an "
-                             "albumentations Compose (1.x keywords such as max_holes are mapped, one note each), or "
-                             "a .json policy; what no engine reproduces is refused")
-    parser.add_argument("--strict-policy", action="store_true",
-                        help="refuse albumentations 1.x keywords in --policy instead of mapping them")
+    parser.add_argument("--policy", default=None, metavar="FILE", help=POLICY_HELP)
+    parser.add_argument("--strict-policy", action="store_true", help=STRICT_POLICY_HELP)

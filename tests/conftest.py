@@ -143,12 +143,12 @@ def run_in_process(main, *args) -> Ran:
 
 def interrupt_epoch(monkeypatch, which: int, exc=KeyboardInterrupt):
     """Make train_one_epoch raise ``exc`` in its ``which``-th call (1-based), as Ctrl-C in that epoch would."""
-    import train
-    real, calls = train.train_one_epoch, []
+    from trainer import epoch as epochs
+    real, calls = epochs.train_one_epoch, []
 
     def epoch(*a, **k):
         calls.append(1)
         if len(calls) == which:
             raise exc()
         return real(*a, **k)
-    monkeypatch.setattr(train, "train_one_epoch", epoch)
+    monkeypatch.setattr(epochs, "train_one_epoch", epoch)

@@ -204,14 +204,14 @@ def test_train_py_trains_with_a_policy_file_and_resume_refuses_another(tiny_dir,
     from train import RunError, fit
     path = write(tmp_path, ASSIGNMENT)
     out = tmp_path / "run"
-    r = fit(None, tiny_dir, epochs=1, out=out, policy=str(path), amp="off", arch="dilated", batch_size=200)
+    r = fit(None, tiny_dir, epochs=1, out=out, policy=str(path), amp="off", batch_size=200)
     printed = capsys.readouterr().out
     assert "note: CoarseDropout: max_holes=1 is albumentations 1.x" in printed
     saved = AugmentPolicy.from_dict(r.config["policy"])
     assert saved == load_policy(path)[0] and saved.dropout.hole_height == (16, 16)
     assert r.config["args"]["policy"] == str(path)
     with pytest.raises(RunError, match="another augmentation policy"):
-        fit(None, tiny_dir, epochs=1, out=out, amp="off", arch="dilated", batch_size=200, resume=True)
+        fit(None, tiny_dir, epochs=1, out=out, amp="off", batch_size=200, resume=True)
 
 
 def test_show_draws_a_users_policy(tiny_dir, tmp_path):

@@ -184,7 +184,8 @@ def test_cuda_train_py_trains_and_resumes_with_cuda_graph(mini_dir, tmp_path):
     assert all(type(g["lr"]) is float for g in ckpt["optimizer"]["param_groups"])
     resumed = tmp_path / "resumed"
     again = ["--data-dir", str(mini_dir), "--cuda-graph", "--out", str(resumed), "--epochs", "2"]
-    real, calls = train.train_one_epoch, []
+    from trainer import epoch as epochs
+    real, calls = epochs.train_one_epoch, []
 
     def stop_in_the_second_epoch(*args, **kwargs):
         calls.append(1)
@@ -192,7 +193,7 @@ def test_cuda_train_py_trains_and_resumes_with_cuda_graph(mini_dir, tmp_path):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    with mock.patch.object(train, "train_one_epoch", stop_in_the_second_epoch), \
+    with mock.patch.object(epochs, "train_one_epoch", stop_in_the_second_epoch), \
             pytest.raises(SystemExit, match="interrupted"):
         train.main(again)
     assert train.main([*again, "--resume"]) == 0

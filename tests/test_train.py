@@ -13,6 +13,8 @@ import torch.nn.functional as F
 
 from conftest import ROOT, interrupt_epoch, needs_mini, run_in_process
 from pipeline import available_loaders
+from trainer import data, optim
+from trainer import epoch as epochs
 
 
 def train_cmd(*args):
@@ -113,8 +115,8 @@ def test_ema_averages_the_weights_after_every_step():
     torch.manual_seed(0)
     net = build_model()
     args = train.parse_args(["--epochs", "1", "--ema", "0.3"])
-    opt = train.make_optimizer(net, args)
-    sched, per_batch = train.make_scheduler(opt, args, 8)
+    opt = optim.make_optimizer(net, args)
+    sched, per_batch = optim.make_scheduler(opt, args, 8)
     snapshots = []
 
     class Recording(Stepper):
@@ -125,8 +127,8 @@ def test_ema_averages_the_weights_after_every_step():
 
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(8)]
-    ema = train.make_ema(net, args.ema)
-    train.train_one_epoch(Recording(net, opt, torch.device("cpu"), None, 0.1), batches, sched, per_batch, 0, 1,
+    ema = optim.make_ema(net, args.ema)
+    epochs.train_one_epoch(Recording(net, opt, torch.device("cpu"), None, 0.1), batches, sched, per_batch, 0, 1,
                           ema=ema, net=net)
     expected = {k: v.float() for k, v in snapshots[0].items()}       # the first update copies the weights
     for n, snap in enumerate(snapshots[1:], start=1):                 # then the decay warms up to 0.3
@@ -138,9 +140,9 @@ def test_ema_averages_the_weights_after_every_step():
         assert torch.allclose(got[k].float(), expected[k], atol=1e-6), k
     assert got["c4.1.body.1.2.num_batches_tracked"] == snapshots[-1]["c4.1.body.1.2.num_batches_tracked"]
     assert not torch.allclose(got["fc.bias"], snapshots[-1]["fc.bias"])   # an average, not the last weights
-    assert train.make_ema(net, 0.0) is None
+    assert optim.make_ema(net, 0.0) is None
     with pytest.raises(ValueError, match="exactly one step"):          # not a ZeroDivisionError from torch
-        train.make_scheduler(opt, args, 4)
+        optim.make_scheduler(opt, args, 4)
 
 
 def test_cpu_amp_path_runs():
@@ -177,17 +179,17 @@ def test_fp16_amp_steps_with_a_grad_scaler():
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
     net = build_model().to(memory_format=torch.channels_last)
     args = train.parse_args(["--epochs", "1"])
-    opt = train.make_optimizer(net, args)
-    sched, per_batch = train.make_scheduler(opt, args, 3)
+    opt = optim.make_optimizer(net, args)
+    sched, per_batch = optim.make_scheduler(opt, args, 3)
     step = Stepper(net, opt, torch.device("cpu"), dtype, 0.1)
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randn(16, 3, 32, 32, generator=g).to(memory_format=torch.channels_last),
                 torch.randint(0, 10, (16,), generator=g)) for _ in range(3)]
     before = [p.detach().clone() for p in net.parameters()]
-    loss, acc, seconds, img_s = train.train_one_epoch(step, batches, sched, per_batch, 0, 1)
+    loss, acc, seconds, img_s = epochs.train_one_epoch(step, batches, sched, per_batch, 0, 1)
     assert math.isfinite(loss) and 0 <= acc <= 1 and img_s > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
-    val_loss, val_acc = train.evaluate(net, batches, torch.device("cpu"), dtype)
+    val_loss, val_acc = epochs.evaluate(net, batches, torch.device("cpu"), dtype)
     assert math.isfinite(val_loss)
 
 
@@ -331,7 +333,7 @@ def test_evaluate_sums_loss_and_hits_over_batches():
     net = build_model().eval()
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randn(k, 3, 32, 32, generator=g), torch.randint(0, 10, (k,), generator=g)) for k in (7, 5, 3)]
-    loss, acc = train.evaluate(net, batches, torch.device("cpu"), None)
+    loss, acc = epochs.evaluate(net, batches, torch.device("cpu"), None)
     x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
     with torch.no_grad():
         out = net(x)
@@ -372,13 +374,13 @@ def test_whiten_trains_with_a_frozen_whitened_first_convolution_and_resumes(tiny
     out = tmp_path / "w"
     common = ("--data-dir", tiny_dir, "--epochs", 2, "--out", out)       # --whiten: c1c2c3c4's default
     _kill_after_first_epoch(train_cmd(*common), out)
-    expected = whitening_filters(train.whitening_images(tiny_dir, policy), 32)
+    expected = whitening_filters(data.whitening_images(tiny_dir, policy), 32)
     first = _weights(out / "checkpoint.pt")["c1.0.0.weight"]
     assert torch.allclose(first, expected, atol=1e-6)
     config = json.loads((out / "config.json").read_text())
     assert config["args"]["whiten"] is True and config["parameters"] == 194_762
     # the sample spreads over the split: tiny_dir holds 600 training images, all taken
-    assert len(train.whitening_images(tiny_dir, policy)) == 600
+    assert len(data.whitening_images(tiny_dir, policy)) == 600
     no = run(train_cmd(*common, "--no-whiten", "--resume"))
     assert no.returncode != 0 and "--whiten True, not False: pass --whiten " in no.stderr
     resumed = run(train_cmd(*common, "--resume"))
@@ -427,14 +429,15 @@ def test_a_kill_between_the_checkpoint_and_the_plot_is_repaired_by_resume(tiny_d
     import train
     out = tmp_path / "run"
     args = ("--data-dir", tiny_dir, "--epochs", 1, "--out", out)
-    real = train.write_json
+    from trainer import folders
+    real = folders.write_json
 
     def killed(obj, path):
         if path.name == "metrics.json":
             raise KeyboardInterrupt          # stands for SIGKILL: nothing after the checkpoint is written
         real(obj, path)
     with monkeypatch.context() as m:
-        m.setattr(train, "write_json", killed)
+        m.setattr(folders, "write_json", killed)
         stopped = run(train_cmd(*args))
     assert stopped.returncode == 130 and "checkpoint of epoch 1" in stopped.stderr
     assert (out / "checkpoint.pt").exists() and not (out / "metrics.json").exists()
@@ -561,12 +564,14 @@ def test_a_model_that_calls_exit_is_an_error_not_a_success(tiny_dir, tmp_path, s
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
-@pytest.mark.parametrize("seed", ["-1", str(1 << 63), "x"])
-def test_a_seed_no_generator_takes_is_refused_by_the_command_line(seed, capsys):
+@pytest.mark.parametrize("seed,says", [("-1", "must be a whole number from 0 to 2**63 - 1"),
+                                       (str(1 << 63), "must be a whole number from 0 to 2**63 - 1"),
+                                       ("x", "invalid seed_number value: 'x'")])
+def test_a_seed_no_generator_takes_is_refused_by_the_command_line(seed, says, capsys):
     import train
     with pytest.raises(SystemExit) as e:
         train.parse_args(["--seed", seed])
-    assert e.value.code == 2 and "must be a whole number from 0 to 2**63 - 1" in capsys.readouterr().err
+    assert e.value.code == 2 and says in capsys.readouterr().err
 
 
 def test_a_full_disk_while_torch_writes_the_checkpoint_is_said_as_one(tiny_dir, tmp_path, monkeypatch):
