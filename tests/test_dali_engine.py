@@ -142,6 +142,7 @@ def test_train_py_with_dali_and_a_graph_step_stand_in(mini_dir, tmp_path, monkey
     import json
 
     import train
+    import trainer.loop
     from model.training import Stepper
     seen = []
 
@@ -156,11 +157,11 @@ def test_train_py_with_dali_and_a_graph_step_stand_in(mini_dir, tmp_path, monkey
             sx.copy_(x), sy.copy_(y)
             return self.step(sx, sy)
 
-    monkeypatch.setattr(train, "graph_problem", lambda device, dtype: None)
-    monkeypatch.setattr(train, "GraphStepper", StaticBufferStep)
+    monkeypatch.setattr(trainer.loop, "graph_problem", lambda device, dtype: None)
+    monkeypatch.setattr(trainer.loop, "GraphStepper", StaticBufferStep)
     out = tmp_path / "dali-graph"
     assert train.main(["--data-dir", str(mini_dir), "--loader", "dali", "--cuda-graph", "--epochs", "1",
-                       "--arch", "dilated", "--amp", "off", "--out", str(out)]) == 0
+                       "--amp", "off", "--out", str(out)]) == 0
     n = json.loads((out / "config.json").read_text())["data"]["counts"]["train"]
     assert {s[0] for s in seen} == {128, n % 128} and all(s[1] == torch.float32 and s[2] for s in seen)
     assert json.loads((out / "metrics.json").read_text())[0]["test_acc"] > 0.15
