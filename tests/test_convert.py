@@ -446,7 +446,7 @@ def test_a_meta_json_nested_past_the_parser_is_a_sentence(tmp_path, small_batche
         read_meta(out)
 
 
-def test_labels_that_are_not_whole_numbers_are_refused(tmp_path, small_batches):
+def test_converted_labels_that_are_not_whole_numbers_are_refused_on_reading(tmp_path, small_batches):
     from pipeline.format import sha256_file
     out = tmp_path / "out"
     convert(str(small_batches), out, **QUIET)
