@@ -23,8 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # rows measured per engine (engine options). gpu: its default (chunks of 8,192 on a GPU, one batch on a CPU) beside
 # the other path: per-batch on a GPU, chunks of 8,192 on a CPU. dali: its own large batch (the default) beside a
 # DALI batch of one training batch. (A chunk or DALI batch of one image rounds up to one training batch.)
-VARIANTS = {"ffcv": {"ffcv[numba]": "mode=numba", "ffcv[torch]": "mode=torch"},
-            "dali": {"dali": "", "dali[per-batch]": "pipe_batch=1"}}
+VARIANTS = {"dali": {"dali": "", "dali[per-batch]": "pipe_batch=1"}}
 GPU_VARIANTS = {"cuda": {"gpu": "", "gpu[per-batch]": "chunk=1"},
                 "cpu": {"gpu": "", "gpu[chunks of 8192]": "chunk=8192"}}
 

@@ -39,7 +39,7 @@ _ENGINES: dict[str, _Engine] = {
                     "NVIDIA DALI ops (GPU, or DALI's CPU operators without one)"),
     "ffcv": _Engine("pipeline.engines.ffcv", ("ffcv", "numba"),
                     "apt-get install -y pkg-config libturbojpeg0-dev libopencv-dev && pip install -e '.[ffcv]'",
-                    "FFCV .beton + Loader; the policy as torch ops after ToDevice (or numba ops)"),
+                    "FFCV .beton + Loader; the policy as torch ops after ToDevice"),
     "kornia": _Engine("pipeline.engines.kornia", ("kornia",), "pip install -e '.[peers]' (kornia)",
                       "a peer for comparison: kornia.augmentation on the gpu engine's device-resident data, per "
                       "batch (not the albumentations policy pixel for pixel: see its module)"),
@@ -118,7 +118,11 @@ def build_loader(name: str, data_dir, split: str, batch_size: int, *, device="cp
         policy = AugmentPolicy.from_meta(meta)
     elif not isinstance(policy, AugmentPolicy):
         raise TypeError("policy must be a pipeline.policy.AugmentPolicy.")
+    policy = policy.for_data(meta)      # a Compose without Normalize: the converted data's mean and std
     policy.check_fits(IMAGE_SHAPE[0], data_dir)     # sizes in pixels of the data the loader runs on
+    refusal = policy.unreproduced(name)
+    if refusal:
+        raise ValueError(refusal)
     if "shard" not in options:
         options["shard"] = _distributed_shard()
     accepted = _options_of(module)

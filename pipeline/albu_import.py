@@ -1,17 +1,12 @@
 """Bring your own albumentations pipeline: an ``A.Compose``, or a file that holds one, becomes an AugmentPolicy.
 
-What maps, read from the transforms of albumentations 2.0.8, in this order, each at most once:
-
-- ``HorizontalFlip(p)``;
-- ``ShiftScaleRotate``, or ``Affine`` where it is a shift-scale-rotate: no shear, shifts as ``translate_percent``,
-  no ``keep_ratio``/``fit_output``/``balanced_scale``, bilinear, a constant border;
-- ``CoarseDropout``: the number of holes, their height and width ranges (pixels or fractions of the side);
-- ``Normalize`` (standard): the policy's mean and std; ``ToTensorV2`` may close the pipeline.
-
-A fill (border or hole) is a constant in pixel units, or the dataset mean (a fill equal to the Normalize mean, in
-pixel units or, as people often write it, in 0..1 units). Anything else (another transform, shear, a reflect
-border, nearest interpolation, a random fill, ...) is refused with one sentence naming the transform and the
-argument: never a silent approximation.
+Every transform of ``pipeline.policy.KINDS`` maps, in any order and as often as it is written, and ``OneOf`` around
+them; ``Normalize`` (standard) may close the pipeline and gives the policy's mean and std (without it the loader takes
+the converted data's from its meta.json), and ``ToTensorV2`` after it. Each transform reads its own arguments
+(``Transform.from_albumentations``) and refuses, with one sentence naming the transform and the argument, what no
+engine reproduces (a reflect border on a warp, nearest interpolation, a random fill, ...): never a silent
+approximation. A fill equal to the Normalize mean (in pixel units or, as people often write it, in 0..1 units) is
+the dataset mean.
 
 albumentations 2 ignores its 1.x keywords (``max_holes``, ``fill_value``, ``value``, ...) with only a warning and
 keeps its own defaults, which a transform object cannot undo: it keeps the keywords' names
@@ -24,20 +19,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import runpy
 import warnings
 from pathlib import Path
 
-from pipeline.policy import AugmentPolicy, CoarseDropout, HorizontalFlip, ShiftScaleRotate
-from pipeline.policy import _fill as policy_fill
+from pipeline.policy import KINDS, AugmentPolicy
+from pipeline.transforms import TransformError
+from pipeline.transforms import fill_value as policy_fill
+from pipeline.transforms.one_of import OneOf
 
-MAPPED = ("HorizontalFlip", "ShiftScaleRotate", "Affine", "CoarseDropout", "Normalize")
-_ORDER = {"HorizontalFlip": 0, "ShiftScaleRotate": 1, "Affine": 1, "CoarseDropout": 2, "Normalize": 3,
-          "ToTensorV2": 4}
-_LINEAR, _CONSTANT = 1, 0           # cv2.INTER_LINEAR, cv2.BORDER_CONSTANT
-_INTERPOLATIONS = {0: "nearest", 1: "bilinear", 2: "bicubic", 3: "area", 4: "lanczos4"}
-_BORDERS = {0: "constant", 1: "replicate", 2: "reflect", 3: "wrap", 4: "reflect_101"}
+MAPPED = tuple(name for name in KINDS if name != "OneOf") + ("Normalize",)
 _MEAN_TOLERANCE = 0.5               # pixel units: a fill this close to the mean is the mean
 
 # albumentations 1.x keywords that 2.x ignores, per transform, and the 2.x argument each one feeds
@@ -59,57 +50,78 @@ class PolicyError(ValueError):
     """An albumentations pipeline or policy file that cifarflow cannot reproduce exactly; one sentence."""
 
 
-def from_albumentations(compose, *, mean=None, std=None, strict: bool = False,
+class _Context:
+    """What a transform's ``from_albumentations`` is handed: ``refuse(arg, why)`` and ``fill(value)``."""
+
+    def __init__(self, source: str, mean, strict: bool, notes: list[str]):
+        self.source, self.mean, self.strict, self.notes, self.name = source, mean, strict, notes, ""
+
+    def refuse(self, arg: str, why: str):
+        raise PolicyError(f"{self.source}: {self.name} {arg}: {why}.")
+
+    def fill(self, value):
+        return _fill(value, self.mean, self.name, self.strict, self.notes)
+
+
+def from_albumentations(compose, *, mean=None, std=None, strict: bool = False, image_size: int = 32,
                         source: str = "the Compose") -> tuple[AugmentPolicy, list[str]]:
     """(the policy an ``A.Compose`` describes, one note per 1.x argument that was mapped).
 
-    ``mean``/``std`` (pixel units) are the dataset's, used where the Compose has no Normalize."""
+    ``mean``/``std`` (pixel units) are the dataset's, used where the Compose has no Normalize; without either the
+    policy's are None, and the loader takes the converted data's."""
     import albumentations as A
 
     if type(compose) is not A.Compose:
         kind = type(compose).__name__
         raise PolicyError(f"{source} is a {kind}, not an albumentations Compose: wrap the transforms in "
-                          f"A.Compose([...]) (OneOf, SomeOf and the like draw transforms no engine reproduces).")
+                          f"A.Compose([...]).")
     if compose.p != 1:
         raise PolicyError(f"{source}: Compose(p={compose.p}) skips the whole pipeline at random; the engines "
                           f"apply it to every image: leave p at 1.")
     notes: list[str] = []
-    found: dict[str, dict] = {}
-    last = -1
-    for t in compose.transforms:
-        name = type(t).__name__
-        if name not in _ORDER:
-            raise PolicyError(f"{source}: {name} is not a transform cifarflow's engines reproduce; they reproduce "
-                              f"HorizontalFlip, ShiftScaleRotate (or Affine as one), CoarseDropout and Normalize: "
-                              f"remove it.")
-        stage = _ORDER[name]
-        if stage <= last:
-            raise PolicyError(f"{source}: {name} comes after a transform the engines apply after it, or twice; "
-                              f"they apply HorizontalFlip, then ShiftScaleRotate (or Affine), then CoarseDropout, "
-                              f"then Normalize, each at most once: reorder the Compose.")
-        last = stage
-        if name == "ToTensorV2":
-            continue
-        found[name if stage != 1 else "ssr"] = _arguments(t, strict, notes)
-
-    norm = found.get("Normalize")
-    if norm is not None:
-        mean, std = _normalize(norm)
-    elif mean is None or std is None:
-        raise PolicyError(f"{source} has no Normalize: give the dataset's mean and std (train.py and the other "
-                          f"commands take them from the converted data).")
-    mean = tuple(float(v) for v in mean)
-    try:        # the policy's own checks, each a sentence, named after the Compose
-        parts = {"flip": HorizontalFlip(p=0.0), "ssr": ShiftScaleRotate(p=0.0), "dropout": CoarseDropout(p=0.0)}
-        if "HorizontalFlip" in found:
-            parts["flip"] = HorizontalFlip(p=float(found["HorizontalFlip"]["p"]))
-        if "ssr" in found:
-            parts["ssr"] = _shift_scale_rotate(found["ssr"], mean, strict, notes)
-        if "CoarseDropout" in found:
-            parts["dropout"] = _dropout(found["CoarseDropout"], mean, strict, notes)
-        return AugmentPolicy(mean=mean, std=tuple(float(v) for v in std), **parts), notes
+    body = list(compose.transforms)
+    if body and type(body[-1]).__name__ == "ToTensorV2":
+        body.pop()
+    if body and type(body[-1]).__name__ == "Normalize":
+        mean, std = _normalize(_arguments(body.pop(), strict, notes))
+    ctx = _Context(source, None if mean is None else tuple(float(v) for v in mean), strict, notes)
+    transforms = tuple(_transform(t, ctx) for t in body)
+    try:        # the policy's own checks (sizes along the pipeline), each a sentence, named after the Compose
+        return AugmentPolicy(mean=ctx.mean, std=None if std is None else tuple(float(v) for v in std),
+                             transforms=transforms, image_size=image_size), notes
     except ValueError as e:
         raise PolicyError(f"{source}: {e}") from None
+
+
+def _transform(t, ctx: _Context):
+    """One albumentations transform (or OneOf) as the policy's."""
+    import albumentations as A
+
+    name = type(t).__name__
+    ctx.name = name
+    if name in ("Normalize", "ToTensorV2"):
+        raise PolicyError(f"{ctx.source}: {name} comes before other transforms; the engines normalize last: "
+                          f"put it at the end (ToTensorV2 after it).")
+    if type(t) is A.OneOf:
+        children = tuple(_transform(c, ctx) for c in t.transforms)
+        ctx.name = name
+        try:
+            return OneOf(transforms=children, p=float(t.p))
+        except TransformError as e:
+            raise PolicyError(f"{ctx.source}: {e}") from None
+    kind = KINDS.get(name)
+    if kind is None or type(t) is not getattr(A, name, None):
+        composition = isinstance(t, A.BaseCompose)
+        raise PolicyError(f"{ctx.source}: {name} is not {'a composition' if composition else 'a transform'} "
+                          f"cifarflow's engines reproduce; they reproduce {', '.join(KINDS)} (and Normalize, "
+                          f"ToTensorV2 at the end): remove it.")
+    args = _arguments(t, ctx.strict, ctx.notes)
+    if args.get("p") is None:
+        args["p"] = t.p
+    try:
+        return kind.from_albumentations(args, ctx)
+    except TransformError as e:
+        raise PolicyError(f"{ctx.source}: {e}") from None
 
 
 def load_policy(path, *, mean=None, std=None, strict: bool = False) -> tuple[AugmentPolicy, list[str]]:
@@ -129,9 +141,7 @@ def load_policy(path, *, mean=None, std=None, strict: bool = False) -> tuple[Aug
     if not isinstance(d, dict):
         raise PolicyError(f"policy file {path} holds JSON that is not an object.")
     for key, value in (("mean", mean), ("std", std)):
-        if key not in d:
-            if value is None:
-                raise PolicyError(f"policy file {path} has no {key!r}: add it, or convert data to take it from.")
+        if d.get(key) is None and value is not None:
             d[key] = list(value)
     try:
         return AugmentPolicy.from_dict(d), []
@@ -297,8 +307,15 @@ def _fill(value, mean: tuple, where: str, strict: bool, notes: list[str]):
     """A fill as the policy holds it: "mean", or three constants in pixel units."""
     if isinstance(value, str):
         raise PolicyError(f"{where} fill={value!r}: the engines fill with a constant or the dataset mean.")
+    if isinstance(value, (tuple, list)) and len(value) not in (1, 3):
+        raise PolicyError(f"{where} fill={value!r}: a fill is one value or one per channel (3).")
     one = value[0] if isinstance(value, (tuple, list)) and len(value) == 1 else value
-    values = policy_fill(one, f"{where} fill")       # three constants in 0..255, or a sentence
+    try:
+        values = policy_fill(one, f"{where} fill")       # three constants in 0..255, or a sentence
+    except TransformError as e:
+        raise PolicyError(str(e)) from None
+    if mean is None:
+        return tuple(values)
     if all(abs(v - m) <= _MEAN_TOLERANCE for v, m in zip(values, mean)):
         return "mean"
     if all(v <= 1 for v in values) and all(abs(v * 255 - m) <= _MEAN_TOLERANCE for v, m in zip(values, mean)):
@@ -315,40 +332,6 @@ def _short(value) -> str:
     if isinstance(value, (tuple, list)):
         return "(" + ", ".join(f"{float(v):.4g}" for v in value) + ")"
     return f"{value!r}"
-
-
-def _shift_scale_rotate(a: dict, mean: tuple, strict: bool, notes: list[str]) -> ShiftScaleRotate:
-    name = "ShiftScaleRotate" if "shift_limit_x" in a else "Affine"
-
-    def refuse(arg, why):
-        raise PolicyError(f"{name} {arg}: {why}.")
-
-    if any(tuple(v) != (0.0, 0.0) for v in a["shear"].values()):
-        refuse(f"shear={a['shear']}", "the engines' warp has no shear; leave shear at 0")
-    px = a.get("translate_px")
-    if px is not None and any(tuple(v) != (0, 0) for v in px.values()):
-        refuse(f"translate_px={px}", "give shifts as translate_percent (fractions of the side), as the engines "
-                                     "draw them")
-    for flag in ("fit_output", "keep_ratio", "balanced_scale"):
-        if a.get(flag):
-            refuse(f"{flag}=True", "the engines warp into the same 32x32 frame with x and y scales drawn apart; "
-                                   "leave it False")
-    if a["interpolation"] != _LINEAR:
-        refuse(f"interpolation={a['interpolation']} ({_INTERPOLATIONS.get(a['interpolation'], '?')})",
-               "the engines interpolate bilinearly (cv2.INTER_LINEAR)")
-    if a["border_mode"] != _CONSTANT:
-        refuse(f"border_mode={a['border_mode']} ({_BORDERS.get(a['border_mode'], '?')})",
-               "the engines fill the border with a constant (cv2.BORDER_CONSTANT)")
-    shift = a.get("translate_percent") or {"x": (0.0, 0.0), "y": (0.0, 0.0)}
-    return ShiftScaleRotate(p=float(a["p"]), shift_x=shift["x"], shift_y=shift["y"], scale_x=a["scale"]["x"],
-                            scale_y=a["scale"]["y"], rotate=a["rotate"],
-                            fill=_fill(a["fill"], mean, name, strict, notes))
-
-
-def _dropout(a: dict, mean: tuple, strict: bool, notes: list[str]) -> CoarseDropout:
-    # pixels or fractions, as albumentations decides, and their bounds: CoarseDropout's and the policy's checks
-    return CoarseDropout(p=float(a["p"]), num_holes=tuple(a["num_holes_range"]), hole_height=a["hole_height_range"],
-                         hole_width=a["hole_width_range"], fill=_fill(a["fill"], mean, "CoarseDropout", strict, notes))
 
 
 def policy_for(meta: dict, path=None, *, strict: bool = False) -> tuple[AugmentPolicy, list[str]]:

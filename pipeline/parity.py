@@ -1,40 +1,42 @@
-"""The parity harness every engine is judged by, against the albumentations 2.x reference.
+"""The parity harness every engine is judged by, against albumentations 2.0.8 running the same Compose.
 
-Pixel parity (engines that can **replay** parameters, ``module.replay``): the same per-sample
-parameters go through the engine and through albumentations' own transforms (their ``apply`` with
-fixed parameters) on real images; flip and dropout must be exact, shift-scale-rotate within 1 grey
-level with under 0.1% of values differing.
+Replay parity (engines that replay parameters, ``module.replay``): albumentations runs the policy's Compose on real
+images and records the parameters it applied (``save_applied_params``); the engine is handed those same parameters
+(``params_from_albumentations``) and must give the same pixels, within each transform's written tolerance. Checked
+for every transform (or, for transforms that move the frame, the group that brings the size back), then for the
+whole policy.
 
-Statistical parity (engines that draw their own random numbers): over an epoch, the rate of each
-transform, the distributions of angle, scale, shift and hole position (two-sample KS tests against
-albumentations' own sampled parameters, for engines exposing ``module.sampled_params``), the share
-of mean-filled pixels and the mean augmented image (paired by source image, in standard errors), each
-within a stated tolerance of the reference.
+Sampler parity: each transform's sampler against albumentations' own draws over the same images (two-sample KS
+tests per parameter, or the same fixed value), and the rate at which each transform applies.
 
-    python -m pipeline.parity --loader gpu --data-dir DIR [--out DIR]
+Statistical parity (every engine, one epoch, its own random numbers): the engine's epoch against albumentations'
+epoch of the same images: the share of images left unchanged, of grey images, of pixels equal to each hole fill,
+per-image brightness and contrast (KS), and the mean augmented image (paired by source image, in standard errors).
+
+    python -m pipeline.parity --loader gpu --data-dir DIR [--policy FILE] [--out DIR]
 """
 from __future__ import annotations
 
 import argparse
 import math
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline import albu, engine_module
-from pipeline.params import Params, dropout_fill, forward_matrix, hole_boxes, sample_params
-from pipeline.policy import AugmentPolicy
+from pipeline import engine_module
+from pipeline.policy import AugmentPolicy, PolicyParams
+from pipeline.transforms import Transform
+from pipeline.transforms.erasing import _Holes
+from pipeline.transforms.one_of import OneOf
 
-SSR_MAX_DIFF = 1            # grey levels
-SSR_MAX_SHARE = 1e-3        # of values that may differ
 KS_MIN_P = 1e-3
 RATE_SIGMAS = 4.0           # binomial standard deviations allowed around the policy's p
-FILL_SHARE_TOL = 0.01       # absolute, share of pixels equal to the hole fill
+SHARE_TOL = 0.01            # absolute, for shares of images or pixels
 MEAN_IMAGE_Z_TOL = 1.5      # RMS over pixels of the mean paired difference in standard errors (about 1 if equal)
-MEAN_CHANNEL_TOL = 1.0      # grey levels, per-channel mean difference
+WHOLE_POLICY_FACTOR = 4     # a composed pipeline's share of differing values: up to this times its parts' sum
 
 
 @dataclass
@@ -45,44 +47,132 @@ class Check:
     figures: str
 
     def row(self) -> str:
-        return f"  {'PASS' if self.passed else 'FAIL'}  {self.name:<34} {self.figures}"
+        return f"  {'PASS' if self.passed else 'FAIL'}  {self.name:<40} {self.figures}"
+
+
+def tolerance(t: Transform) -> tuple[int, float]:
+    """(grey levels, share of values) a replay of ``t`` may differ by: the transform's own ``tolerance``."""
+    if isinstance(t, OneOf):
+        parts = [tolerance(c) for c in t.transforms]
+        return max(p[0] for p in parts), sum(p[1] for p in parts)
+    return getattr(t, "tolerance", (0, 0.0))
 
 
 # ---------------------------------------------------------------------------------------------
-# pixel parity
+# albumentations' own run, and its parameters as ours
 # ---------------------------------------------------------------------------------------------
 
-def reference_replay(images: np.ndarray, params: Params, policy: AugmentPolicy) -> np.ndarray:
-    """albumentations' transforms, in the policy's order, with the given parameters."""
-    flip, affine, dropout = albu.flip(policy), albu.affine(policy), albu.dropout(policy)
-    m = forward_matrix(params, policy.image_size).cpu().numpy()
-    boxes = hole_boxes(params)
-    p = params.numpy()
-    out = np.empty_like(images)
-    size = (policy.image_size, policy.image_size)
-    for i, img in enumerate(images):
-        if p["flip"][i]:
-            img = flip.apply(img)
-        if p["ssr"][i]:
-            img = affine.apply(img, matrix=m[i], output_shape=size)
-        if p["dropout"][i]:
-            img = dropout.apply(img, holes=boxes[i], seed=0)
-        out[i] = img
+def albumentations_run(images: np.ndarray, policy: AugmentPolicy, seed: int):
+    """(outputs, per image the list of (name, params) albumentations applied), the Compose seeded once."""
+    import albumentations as A
+    compose = A.Compose([t.albumentations(policy.fills) for t in policy.transforms], seed=seed,
+                        save_applied_params=True, strict=True)
+    outs, applied = [], []
+    for img in images:
+        r = compose(image=img)
+        outs.append(r["image"])
+        applied.append(list(r["applied_transforms"]))
+    return np.stack(outs), applied
+
+
+def params_from_albumentations(policy: AugmentPolicy, applied: list[list], complete: bool = True) -> PolicyParams:
+    """albumentations' applied parameters (one list per image) as the policy's PolicyParams: each transform, in the
+    policy's order, takes the next applied entry of its name (a OneOf: of one of its transforms' names). ``complete``:
+    the keys albumentations does not record (or no image drew) taken from a draw of ours, for a replay; else left
+    out (the samplers' comparison takes only what albumentations drew)."""
+    sizes = policy.sizes()
+    per_image = [_walk(policy.transforms, sizes, list(entries)) for entries in applied]
+    n = len(applied)
+    if not complete:
+        return PolicyParams([_stack(t, [img[k] for img in per_image]) for k, t in enumerate(policy.transforms)], n)
+    drawn = policy.sample(n, torch.Generator().manual_seed(0))      # for what albumentations never drew
+    return PolicyParams([_complete(_stack(t, [img[k] for img in per_image]), d)
+                         for k, (t, d) in enumerate(zip(policy.transforms, drawn.items))], n)
+
+
+def _complete(given: dict, drawn: dict) -> dict:
+    """``given`` with the keys it lacks (a transform applied to no image) from ``drawn``: unused where not applied."""
+    out = dict(drawn)
+    for k, v in given.items():
+        out[k] = _complete(v, drawn.get(k, {})) if isinstance(v, dict) else v
     return out
 
+
+def _walk(transforms, sizes, entries):
+    out = []
+    for t, size in zip(transforms, sizes):
+        if isinstance(t, OneOf):
+            names = [c.applied_name for c in t.transforms]
+            if entries and entries[0][0] in names:
+                k = names.index(entries[0][0])
+                name, params = entries.pop(0)
+                out.append({"on": True, "choice": k, "child": t.transforms[k].params_from_albumentations(params, size)})
+            else:
+                out.append({"on": False})
+        elif entries and entries[0][0] == t.applied_name:
+            out.append({"on": True, **t.params_from_albumentations(entries.pop(0)[1], size)})
+        else:
+            out.append({"on": False})
+    return out
+
+
+def _stack(t: Transform, rows: list[dict]) -> dict:
+    """One transform's per-image parameter dicts (missing where it was not applied) as (n, ...) tensors."""
+    n = len(rows)
+    if isinstance(t, OneOf):
+        children = {}
+        for k, c in enumerate(t.transforms):
+            child_rows = [r["child"] if r["on"] and r["choice"] == k else {} for r in rows]
+            child = _stack(c, [{"on": True, **r} for r in child_rows])
+            children[str(k)] = child
+        return {"on": torch.tensor([r["on"] for r in rows]),
+                "choice": torch.tensor([r.get("choice", 0) for r in rows]), "children": children}
+    keys = {k for r in rows for k in r if k != "on"}
+    out = {"on": torch.tensor([bool(r["on"]) for r in rows])}
+    for key in sorted(keys):
+        sample = next(r[key] for r in rows if key in r and r[key] is not None) if any(
+            key in r and r[key] is not None for r in rows) else None
+        if sample is None:
+            continue
+        if isinstance(sample, np.ndarray) and sample.ndim == 3:       # a noise map, HWC
+            blank = np.zeros_like(sample)
+            out[key] = torch.from_numpy(np.stack([r.get(key, blank) for r in rows]).astype(np.float32)).permute(0, 3, 1, 2)
+            continue
+        blank = [0] * len(sample) if isinstance(sample, (list, tuple)) else 0
+        values = [r.get(key, blank) if r.get(key) is not None else blank for r in rows]
+        floating = any(isinstance(v, float) or (isinstance(v, list) and any(isinstance(x, float) for x in v))
+                       for v in values)
+        out[key] = torch.tensor(values, dtype=torch.float64 if floating else torch.int64)
+    del n
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# replay parity
+# ---------------------------------------------------------------------------------------------
 
 def compare(ref: np.ndarray, out: np.ndarray) -> dict:
     diff = np.abs(ref.astype(np.int16) - out.astype(np.int16))
     mse = float(np.mean(diff.astype(np.float64) ** 2))
-    return {"max_diff": int(diff.max()), "share": float((diff > 0).mean()),
+    return {"max_diff": int(diff.max()) if diff.size else 0, "share": float((diff > 0).mean()) if diff.size else 0.0,
             "psnr": math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)}
 
 
-def _only(params: Params, which: str) -> Params:
-    """The same parameters with only ``which`` applied, to every sample."""
-    on, off = torch.ones_like(params.flip), torch.zeros_like(params.flip)
-    return replace(params, flip=on if which == "flip" else off, ssr=on if which == "ssr" else off,
-                   dropout=on if which == "dropout" else off)
+def groups(policy: AugmentPolicy) -> list[tuple[int, int]]:
+    """(first, last + 1) of each run of transforms that starts and ends at the image size: one transform, or those
+    that move the frame and the one that brings it back (PadIfNeeded + RandomCrop)."""
+    sizes, out, start = policy.sizes(), [], 0
+    for k in range(len(policy.transforms)):
+        if sizes[k + 1] == sizes[0]:
+            out.append((start, k + 1))
+            start = k + 1
+    return out
+
+
+def _replay(module, batch, images, policy, seed):
+    ref, applied = albumentations_run(images, policy, seed)
+    params = params_from_albumentations(policy, applied)
+    return ref, module.replay(batch, params, policy).cpu().numpy()
 
 
 def replay_parity(engine: str, images: np.ndarray, policy: AugmentPolicy, seed: int = 0, device="cpu"):
@@ -90,26 +180,34 @@ def replay_parity(engine: str, images: np.ndarray, policy: AugmentPolicy, seed: 
     module = engine_module(engine)
     if not hasattr(module, "replay"):
         return [Check("pixel", f"{engine} cannot replay parameters", True, "pixel parity not applicable")], None
-    params = sample_params(len(images), policy, torch.Generator().manual_seed(seed))
+    reason = policy.unreproduced(engine)
+    if reason:
+        return [Check("pixel", "policy", False, reason)], None
     batch = torch.from_numpy(np.array(images)).to(device)
-    checks, full = [], None
-    for which in ("flip", "ssr", "dropout", "policy"):
-        p = params if which == "policy" else _only(params, which)
-        ref = reference_replay(images, p, policy)
-        out = module.replay(batch, p, policy).cpu().numpy()
+    checks, parts = [], []
+    for first, last in groups(policy):
+        sub = policy.with_transforms(*policy.transforms[first:last])
+        ref, out = _replay(module, batch, images, sub, seed)
+        levels, share = max(tolerance(t)[0] for t in sub.transforms), sum(tolerance(t)[1] for t in sub.transforms)
+        parts.append(share)
         c = compare(ref, out)
-        if which in ("flip", "dropout"):
-            passed, rule = c["max_diff"] == 0, "exact"
-        else:
-            passed = c["max_diff"] <= SSR_MAX_DIFF and c["share"] < SSR_MAX_SHARE
-            rule = f"<= {SSR_MAX_DIFF} level, < {100 * SSR_MAX_SHARE:g}% differ"
-        name = {"flip": "HorizontalFlip", "ssr": "ShiftScaleRotate", "dropout": "CoarseDropout",
-                "policy": "whole policy (p as drawn)"}[which]
-        checks.append(Check("pixel", name, passed,
+        passed = c["max_diff"] <= levels and c["share"] <= share
+        rule = "exact" if levels == 0 else f"<= {levels} level, <= {100 * share:g}% differ"
+        checks.append(Check("pixel", " + ".join(t.name for t in sub.transforms), passed,
                             f"max diff {c['max_diff']}, {100 * c['share']:.4f}% differ, PSNR {c['psnr']:.1f} dB "
                             f"({rule}, {len(images)} images)"))
-        if which == "policy":
-            full = (ref, out)
+    full = None
+    if len(policy.transforms) > 1:
+        ref, out = _replay(module, batch, images, policy, seed)
+        c = compare(ref, out)
+        allowed = WHOLE_POLICY_FACTOR * sum(parts)
+        checks.append(Check("pixel", "whole policy (p as drawn)", c["share"] <= allowed,
+                            f"max diff {c['max_diff']}, {100 * c['share']:.4f}% differ, PSNR {c['psnr']:.1f} dB "
+                            f"(<= {100 * allowed:g}% differ: a level's difference may cross a threshold further "
+                            f"on; {len(images)} images)"))
+        full = (ref, out)
+    elif checks:
+        full = _replay(module, batch, images, policy, seed)
     return checks, full
 
 
@@ -117,7 +215,7 @@ def device_difference(engine: str, images: np.ndarray, policy: AugmentPolicy, de
     """The engine's output on ``device`` against its own output on the CPU, for the same parameters: where a
     GPU's operators round differently from the CPU's (DALI's warp may), by how much. A figure, not a rule."""
     module = engine_module(engine)
-    params = sample_params(len(images), policy, torch.Generator().manual_seed(seed))
+    params = policy.sample(len(images), torch.Generator().manual_seed(seed))
     batch = torch.from_numpy(np.array(images))
     on_device = module.replay(batch.to(device), params, policy).cpu().numpy()
     on_cpu = module.replay(batch, params, policy).numpy()
@@ -128,45 +226,103 @@ def device_difference(engine: str, images: np.ndarray, policy: AugmentPolicy, de
 
 
 # ---------------------------------------------------------------------------------------------
-# statistical parity
+# sampler parity: our draws against albumentations' own
 # ---------------------------------------------------------------------------------------------
 
-def albumentations_params(images: np.ndarray, policy: AugmentPolicy, seed: int) -> dict[str, np.ndarray]:
-    """The parameters albumentations itself draws over ``images`` (one Compose, saved applied params)."""
-    compose = albu.build_compose(policy, seed=seed, save_applied_params=True)
-    c = policy.image_size / 2 - 0.5
-    rec = {k: [] for k in ("flip", "ssr", "dropout", "angle", "scale_x", "scale_y", "shift_x", "shift_y",
-                           "hole_x", "hole_y", "hole_h", "hole_w", "holes")}
-    for img in images:
-        applied = dict(compose(image=img)["applied_transforms"])
-        rec["flip"].append("HorizontalFlip" in applied)
-        rec["ssr"].append("Affine" in applied)
-        rec["dropout"].append("CoarseDropout" in applied)
-        if "Affine" in applied:
-            a = applied["Affine"]
-            m = np.asarray(a["matrix"])
-            t = m[:2, 2] - c + m[:2, :2] @ np.array([c, c])   # M = C T A C^-1  ->  t
-            rec["angle"].append(a["rotate"])
-            rec["scale_x"].append(a["scale"]["x"])
-            rec["scale_y"].append(a["scale"]["y"])
-            rec["shift_x"].append(round(t[0]))
-            rec["shift_y"].append(round(t[1]))
-        if "CoarseDropout" in applied:
-            holes = np.asarray(applied["CoarseDropout"]["holes"]).reshape(-1, 4)
-            rec["holes"].append(len(holes))
-            for x1, y1, x2, y2 in holes:
-                rec["hole_x"].append(x1)
-                rec["hole_y"].append(y1)
-                rec["hole_h"].append(y2 - y1)
-                rec["hole_w"].append(x2 - x1)
-    return {k: np.asarray(v) for k, v in rec.items()}
+def _leaves(transforms, prefix=()):
+    for k, t in enumerate(transforms):
+        if isinstance(t, OneOf):
+            yield (*prefix, k), t
+            for j, c in enumerate(t.transforms):
+                yield (*prefix, k, j), c
+        else:
+            yield (*prefix, k), t
 
 
-def _rate_check(name, rate, ref_rate, p, n):
-    tol = RATE_SIGMAS * math.sqrt(max(p * (1 - p), 1e-12) / n)
-    return Check("statistical", f"{name} rate", abs(rate - p) <= tol and abs(ref_rate - p) <= tol,
-                 f"engine {rate:.4f}, albumentations {ref_rate:.4f}, policy {p} (± {tol:.4f}, n={n})")
+def _draws(params: PolicyParams, path, applied_only=True) -> dict[str, np.ndarray]:
+    """The values a transform (at ``path`` in the policy tree) drew for the samples it applied to."""
+    d = params.items[path[0]]
+    on = d["on"].cpu().numpy()
+    if len(path) == 2:              # a OneOf's child: where the OneOf applied and picked it
+        on = on & (d["choice"].cpu().numpy() == path[1])
+        d = d["children"][str(path[1])]
+    out = {}
+    for key, v in d.items():
+        if key == "on" or isinstance(v, dict) or key in ("noise", "seed"):
+            continue
+        v = v.cpu().numpy()
+        out[key] = v[on] if applied_only else v
+    out["on"] = on
+    return out
 
+
+def _one_check(name: str, mine: np.ndarray, ref: np.ndarray) -> Check:
+    from scipy.stats import ks_2samp
+    mine, ref = np.asarray(mine, np.float64).ravel(), np.asarray(ref, np.float64).ravel()
+    if len(mine) == 0 or len(ref) == 0:
+        return Check("sampler", f"{name} (KS)", len(mine) == len(ref), f"ours drew {len(mine)}, albumentations "
+                                                                        f"{len(ref)} values")
+    if np.ptp(mine) == 0 and np.ptp(ref) == 0:
+        return Check("sampler", name, mine[0] == ref[0], f"fixed: ours {mine[0]:.4g}, albumentations {ref[0]:.4g}")
+    ks = ks_2samp(mine, ref)
+    return Check("sampler", f"{name} (KS)", ks.pvalue > KS_MIN_P,
+                 f"D {ks.statistic:.4f}, p {ks.pvalue:.3g} (> {KS_MIN_P:g}); ours {mine.min():.3g}..{mine.max():.3g}, "
+                 f"albumentations {ref.min():.3g}..{ref.max():.3g}")
+
+
+def _holes_present(d: dict) -> np.ndarray:
+    return (d["hole_h"] > 0) | (d["hole_w"] > 0)
+
+
+def sampler_parity(images: np.ndarray, policy: AugmentPolicy, seed: int = 0) -> list[Check]:
+    """Each transform's sampler against albumentations' draws over ``images``: its rate, and each parameter's
+    distribution (KS) over the samples it applied to."""
+    n = len(images)
+    _, applied = albumentations_run(images, policy, seed + 1)
+    theirs = params_from_albumentations(policy, applied, complete=False)
+    ours = policy.sample(n, torch.Generator().manual_seed(seed))
+    checks = []
+    for path, t in _leaves(policy.transforms):
+        mine, ref = _draws(ours, path), _draws(theirs, path)
+        label = "/".join(str(p) for p in path) + f" {t.name}"
+        p = t.p if len(path) == 1 else None
+        if p is not None:
+            tol = RATE_SIGMAS * math.sqrt(max(p * (1 - p), 1e-12) / n)
+            rate, ref_rate = float(mine["on"].mean()), float(ref["on"].mean())
+            checks.append(Check("sampler", f"{label} rate", abs(rate - p) <= tol and abs(ref_rate - p) <= tol,
+                                f"ours {rate:.4f}, albumentations {ref_rate:.4f}, p {p} (± {tol:.4f}, n={n})"))
+        if isinstance(t, OneOf):
+            on_m, on_r = mine["on"], ref["on"]
+            for k in range(len(t.transforms)):
+                checks.append(_share_check(f"{label} picks {t.transforms[k].name}",
+                                           float((ours.items[path[0]]["choice"].numpy()[on_m] == k).mean()),
+                                           float((theirs.items[path[0]]["choice"].numpy()[on_r] == k).mean())))
+            continue
+        for key in sorted(set(mine) & set(ref) - {"on"}):
+            a, b = mine[key], ref[key]
+            if isinstance(t, _Holes) and key.startswith("hole"):      # every hole drawn, of the applied samples
+                pm, pr = _holes_present({k: mine[k] for k in ("hole_h", "hole_w")}), \
+                    _holes_present({k: ref[k] for k in ("hole_h", "hole_w")})
+                a, b = a[pm], b[pr]
+            if key == "order":          # a permutation: compare where each op lands
+                for op in range(4):
+                    checks.append(_one_check(f"{label} step of op {op}", np.argmax(a == op, 1), np.argmax(b == op, 1)))
+                continue
+            checks.append(_one_check(f"{label} {key}", a, b))
+        if isinstance(t, _Holes):
+            pm = _holes_present({k: mine[k] for k in ("hole_h", "hole_w")}).sum(-1)
+            pr = _holes_present({k: ref[k] for k in ("hole_h", "hole_w")}).sum(-1)
+            checks.append(_one_check(f"{label} holes", pm, pr))
+    return checks
+
+
+def _share_check(name, mine, ref, tol=SHARE_TOL * 3):
+    return Check("sampler", name, abs(mine - ref) <= tol, f"ours {mine:.4f}, albumentations {ref:.4f} (± {tol:g})")
+
+
+# ---------------------------------------------------------------------------------------------
+# statistical parity: an engine's epoch against albumentations'
+# ---------------------------------------------------------------------------------------------
 
 def _epoch(loader) -> tuple[np.ndarray, np.ndarray]:
     xs, idx = [], []
@@ -180,8 +336,7 @@ def mean_image_difference(eng: np.ndarray, ref: np.ndarray, chunk: int = 4096):
     """The two epochs' outputs, row i of each from the same source image: (RMS over pixels of the mean
     difference divided by its standard error, RMS of the mean difference in grey levels, per-channel mean
     difference). The pairing removes the images' own variety, so the first figure is about 1 whenever the
-    engines agree, on real or generated pictures alike and at any epoch size; a fixed grey-level tolerance
-    is not (smooth real images and blocky generated ones move very differently under the same warp)."""
+    engines agree, on real or generated pictures alike and at any epoch size."""
     n = len(eng)
     s1, s2 = np.zeros(eng.shape[1:]), np.zeros(eng.shape[1:])
     for i in range(0, n, chunk):            # float64 sums in chunks: a full epoch would take gigabytes at once
@@ -195,98 +350,85 @@ def mean_image_difference(eng: np.ndarray, ref: np.ndarray, chunk: int = 4096):
     return float(np.sqrt(np.mean(z ** 2))), float(np.sqrt(np.mean(mean ** 2))), np.abs(mean.mean((0, 1)))
 
 
-def statistical_parity(engine: str, data_dir, policy: AugmentPolicy, seed: int = 0, device="cpu",
-                       batch_size: int = 512, options: dict | None = None):
-    """``options`` go to the engine's loader (e.g. ``{"mode": "numba"}``); parameter distributions are
-    compared only when the engine exposes ``sampled_params`` and no options change how it draws."""
-    from scipy.stats import ks_2samp
+def hole_fills(policy: AugmentPolicy) -> list[tuple[str, np.ndarray]]:
+    """(name, uint8 fill) of each hole transform of the policy: the shares of pixels equal to them are compared."""
+    from pipeline.transforms import truncated_fill
+    out = []
+    for _, t in _leaves(policy.transforms):
+        if isinstance(t, _Holes):
+            fill = np.array(truncated_fill(policy.fills.of(t.fill)), np.uint8)
+            if not any(np.array_equal(fill, f) for _, f in out):
+                out.append((t.name, fill))
+    return out
 
+
+def image_share_tolerance(a: float, b: float, n: int) -> float:
+    """Two epochs' shares of n images each, drawn apart: RATE_SIGMAS standard deviations of their difference."""
+    share = (a + b) / 2
+    return max(SHARE_TOL / 2, RATE_SIGMAS * math.sqrt(share * (1 - share) * 2 / n))
+
+
+def image_statistics(engine_out, ref_out, source, policy) -> list[Check]:
+    from scipy.stats import ks_2samp
+    checks = []
+    n = len(source)
+    same_size = engine_out.shape == source.shape
+    if same_size:
+        a, b = np.all(engine_out == source, (1, 2, 3)).mean(), np.all(ref_out == source, (1, 2, 3)).mean()
+        tol = image_share_tolerance(a, b, n)
+        checks.append(Check("statistical", "share of images unchanged", abs(a - b) <= tol,
+                            f"engine {a:.4f}, albumentations {b:.4f} (± {tol:.4f}, n={n})"))
+    grey = lambda o: ((o[..., 0] == o[..., 1]) & (o[..., 1] == o[..., 2])).all((1, 2))    # noqa: E731
+    src_grey = grey(source).mean()
+    a, b = grey(engine_out).mean(), grey(ref_out).mean()
+    tol = image_share_tolerance(a, b, n)
+    checks.append(Check("statistical", "share of grey images", abs(a - b) <= tol,
+                        f"engine {a:.4f}, albumentations {b:.4f} (sources {src_grey:.4f}; ± {tol:.4f}, n={n})"))
+    for name, fill in hole_fills(policy):
+        a, b = np.all(engine_out == fill, -1).mean(), np.all(ref_out == fill, -1).mean()
+        checks.append(Check("statistical", f"share of pixels of the {name} fill", abs(a - b) <= SHARE_TOL,
+                            f"engine {a:.4f}, albumentations {b:.4f} (± {SHARE_TOL})"))
+    for what, stat in (("brightness", lambda o: o.reshape(len(o), -1).mean(1)),
+                       ("contrast", lambda o: o.reshape(len(o), -1).std(1))):
+        ks = ks_2samp(stat(engine_out), stat(ref_out))
+        checks.append(Check("statistical", f"per-image {what} (KS)", ks.pvalue > KS_MIN_P,
+                            f"D {ks.statistic:.4f}, p {ks.pvalue:.3g} (> {KS_MIN_P:g})"))
+    z, rms, ch = mean_image_difference(engine_out, ref_out)
+    # each channel's mean over the epoch, in standard errors of the difference of two epochs' means
+    per_image = lambda o: o.reshape(len(o), -1, 3).mean(1)          # noqa: E731
+    pe, pr = per_image(engine_out.astype(np.float64)), per_image(ref_out.astype(np.float64))
+    se = np.sqrt(pe.var(0) / len(pe) + pr.var(0) / len(pr))
+    ch_z = np.abs(pe.mean(0) - pr.mean(0)) / np.maximum(se, 1e-9)
+    checks.append(Check("statistical", "mean augmented image",
+                        z <= MEAN_IMAGE_Z_TOL and float(ch_z.max()) <= RATE_SIGMAS,
+                        f"{z:.2f} standard errors RMS (<= {MEAN_IMAGE_Z_TOL}; RMS diff {rms:.3f} grey levels), "
+                        f"channel means differ by {', '.join(f'{v:.3f}' for v in ch)} grey levels, "
+                        f"{', '.join(f'{v:.1f}' for v in ch_z)} standard errors (<= {RATE_SIGMAS:g})"))
+    return checks
+
+
+def statistical_parity(engine: str, data_dir, policy: AugmentPolicy, seed: int = 0, device="cpu",
+                       batch_size: int = 512, options: dict | None = None, sampler: bool = True) -> list[Check]:
+    """The engine's epoch (its own random numbers; ``options`` go to its loader) against albumentations' epoch of
+    the same images, and (``sampler``) each transform's sampler against albumentations' draws."""
     from pipeline import build_loader
     from pipeline.format import load_split
-
-    module = engine_module(engine)
     split, _ = load_split(data_dir, "train")
     source = np.asarray(split.images)
-    n = len(source)
-    ref_p = albumentations_params(source, policy, seed + 1)
-    checks = []
 
-    def run(name, pol, s=seed):
+    def run(name, s):
         extra = (options or {}) if name == engine else {}
         loader = build_loader(name, data_dir, "train", batch_size, device=device, seed=s, normalize=False,
-                              return_index=True, policy=pol, **extra)
+                              return_index=True, policy=policy, **extra)
         return _epoch(loader)
 
-    off = policy.without_augmentation()
-    # rates, measured on the engine's output with one transform at a time
-    out, idx = run(engine, replace(off, flip=policy.flip))
-    src = source[idx]
-    same = np.all(out == src, axis=(1, 2, 3))
-    mirrored = np.all(out == src[:, :, ::-1], axis=(1, 2, 3))
-    sym = same & mirrored
-    checks.append(Check("statistical", "flip output is source or mirror", bool(np.all(same | mirrored)),
-                        f"{int((~(same | mirrored)).sum())} other images"))
-    checks.append(_rate_check("HorizontalFlip", float(mirrored[~sym].mean()), float(ref_p["flip"].mean()),
-                              policy.flip.p, int((~sym).sum())))
-    out, idx = run(engine, replace(off, ssr=policy.ssr))
-    changed = np.any(out != source[idx], axis=(1, 2, 3))
-    checks.append(_rate_check("ShiftScaleRotate", float(changed.mean()), float(ref_p["ssr"].mean()), policy.ssr.p, n))
-    out, idx = run(engine, replace(off, dropout=policy.dropout))
-    changed = np.any(out != source[idx], axis=(1, 2, 3))
-    checks.append(_rate_check("CoarseDropout", float(changed.mean()), float(ref_p["dropout"].mean()),
-                              policy.dropout.p, n))
-
-    # parameter distributions, where the engine exposes what it draws
-    if hasattr(module, "sampled_params") and not options:
-        ours = module.sampled_params(n, policy, seed, device).numpy()
-        present = (ours["hole_h"] > 0) | (ours["hole_w"] > 0)
-        ours["holes"] = present.sum(1)
-        keys = ["angle", "scale_x", "scale_y", "shift_x", "shift_y"] if policy.ssr.p > 0 else []
-        if policy.dropout.p > 0:
-            keys += ["hole_x", "hole_y", "hole_h", "hole_w", "holes"]
-        for key in keys:
-            if key == "holes":
-                mine = ours[key][ours["dropout"]]
-            elif key.startswith("hole"):      # every hole drawn, of the samples with dropout applied
-                mine = ours[key][ours["dropout"][:, None] & present]
-            else:
-                mine = ours[key][ours["ssr"]]
-            mine = mine.ravel()
-            if len(mine) == 0 or len(ref_p[key]) == 0:
-                checks.append(Check("statistical", f"{key} distribution (KS)", len(mine) == len(ref_p[key]),
-                                    f"engine drew {len(mine)}, albumentations {len(ref_p[key])} values"))
-                continue
-            if np.ptp(mine) == 0 and np.ptp(ref_p[key]) == 0:      # a fixed value: the same one, or not
-                checks.append(Check("statistical", f"{key} distribution", mine[0] == ref_p[key][0],
-                                    f"fixed: engine {mine[0]:.4g}, albumentations {ref_p[key][0]:.4g}"))
-                continue
-            ks = ks_2samp(mine, ref_p[key])
-            checks.append(Check("statistical", f"{key} distribution (KS)", ks.pvalue > KS_MIN_P,
-                                f"D {ks.statistic:.4f}, p {ks.pvalue:.3g} (> {KS_MIN_P:g}); engine "
-                                f"{mine.min():.3g}..{mine.max():.3g}, albumentations {ref_p[key].min():.3g}.."
-                                f"{ref_p[key].max():.3g}"))
-    else:
-        checks.append(Check("statistical", "parameter distributions (KS)", True,
-                            f"not applicable: {engine}{f' {options}' if options else ''} does not expose its sampled "
-                            f"parameters"))
-
-    # the whole policy: share of hole-filled pixels and the mean augmented image
-    eng, idx_e = run(engine, policy)
-    ref, idx_r = run("torch", policy, seed + 1)
-    fill = np.array(dropout_fill(policy), np.uint8)
-    share_e = float(np.all(eng == fill, axis=-1).mean())
-    share_r = float(np.all(ref == fill, axis=-1).mean())
-    checks.append(Check("statistical", "share of mean-filled pixels", abs(share_e - share_r) <= FILL_SHARE_TOL,
-                        f"engine {share_e:.4f}, albumentations {share_r:.4f} (± {FILL_SHARE_TOL})"))
+    checks = sampler_parity(source, policy, seed) if sampler else []
+    eng, idx_e = run(engine, seed)
+    ref, idx_r = run("torch", seed + 1)
     order_e, order_r = np.argsort(idx_e, kind="stable"), np.argsort(idx_r, kind="stable")
     if not np.array_equal(idx_e[order_e], idx_r[order_r]):
         raise ValueError(f"{engine}'s epoch and the reference's cover different images: compare whole epochs")
-    z, rms, ch = mean_image_difference(eng[order_e], ref[order_r])
-    checks.append(Check("statistical", "mean augmented image",
-                        z <= MEAN_IMAGE_Z_TOL and float(ch.max()) <= MEAN_CHANNEL_TOL,
-                        f"{z:.2f} standard errors RMS (<= {MEAN_IMAGE_Z_TOL}; RMS diff {rms:.3f} grey levels), "
-                        f"channel means differ by {', '.join(f'{v:.3f}' for v in ch)} (<= {MEAN_CHANNEL_TOL})"))
-    return checks
+    return checks + image_statistics(eng[order_e], ref[order_r], source[idx_e[order_e]], policy)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,18 +457,19 @@ def save_comparison(path, images, ref, out, count=8, amplify=32):
 def main(argv=None) -> int:
     from pipeline import known_loaders
     from pipeline.albu_import import add_policy_arguments, policy_for
-    from pipeline.cli import run_main
+    from pipeline.cli import HelpFormatter, run_main
     from pipeline.format import load_split
     from pipeline.output import resolve_device
 
-    ap = argparse.ArgumentParser(prog="python -m pipeline.parity",
-                                 description="Check an engine against the albumentations reference: pixel parity "
-                                             "with replayed parameters (where the engine can replay them) and "
+    ap = argparse.ArgumentParser(prog="python -m pipeline.parity", formatter_class=HelpFormatter,
+                                 description="Check an engine against albumentations running the same Compose: pixel "
+                                             "parity with albumentations' own applied parameters replayed (engines "
+                                             "that replay them), each sampler against albumentations' draws, and "
                                              "statistical parity over an epoch. Exit code 1 on any failure.")
     ap.add_argument("--loader", required=True, help=f"engine: {', '.join(known_loaders())}")
     ap.add_argument("--data-dir", default="data/cifar10", help="converted data (cifar10-mini is plenty)")
     ap.add_argument("--out", default=None, help="folder for parity-<loader>.png (default: no picture)")
-    ap.add_argument("--images", type=int, default=2000, help="images for pixel parity (default 2000)")
+    ap.add_argument("--images", type=int, default=2000, help="images for pixel parity")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--against-cpu", action="store_true",
@@ -349,8 +492,8 @@ def main(argv=None) -> int:
             pixel.append(device_difference(args.loader, images, policy, device, args.seed))
         stats = statistical_parity(args.loader, args.data_dir, policy, args.seed, device)
         ok = True
-        for title, checks in (("pixel parity (replayed parameters)", pixel),
-                              ("statistical parity (one epoch)", stats)):
+        for title, checks in (("pixel parity (albumentations' parameters replayed)", pixel),
+                              ("samplers and statistical parity (one epoch)", stats)):
             print(f"{args.loader}: {title}")
             for c in checks:
                 print(c.row())

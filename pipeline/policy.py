@@ -1,150 +1,116 @@
 """AugmentPolicy: the one description of the augmentations, plain data with a JSON round trip.
 
-Every engine (albumentations reference, gpu, dali, ffcv) is built from this object; none is configured by hand.
-The ranges are albumentations 2.x's, drawn as albumentations draws them (pipeline/params.py):
+A policy is an ordered list of transforms (``pipeline.transforms``: any order, a transform may appear more than once,
+``OneOf`` with albumentations' semantics) plus the dataset's mean and std (pixel units 0..255, from the converted
+data's meta.json, or an albumentations Normalize) and the image size. Every engine (albumentations reference, gpu,
+dali, ffcv) is built from this object, none is configured by hand; engines loop over the list and never name a
+transform.
 
-- HorizontalFlip with probability ``flip.p``;
-- ShiftScaleRotate (albumentations' Affine without shear): shifts ``int(U(lo, hi) * size)`` whole pixels, x and
-  y separately; scales x and y drawn separately; the angle in degrees; bilinear; a constant border;
-- CoarseDropout: ``num_holes`` holes (a whole number drawn from the range), each of a height and width drawn from
-  their ranges: whole pixels when the range's top is 1 or more, else fractions of the side (``int(U(lo, hi) *
-  size)``), as albumentations decides; each hole wholly inside the image.
+    policy.sample(n, gen)         the per-sample parameters of n images (PolicyParams), on gen's device
+    policy.apply(images, params)  uint8 (B, H, W, 3) -> float32 (B, 3, H, W) channels-last whole pixel values
+    policy.to_albumentations()    the reference Compose (with Normalize)
 
-Fills are ``"mean"`` (the dataset mean, from meta.json, in pixel units 0..255) or three constants. Mean and std
-come from the converted data's meta.json, or from an albumentations Normalize (``pipeline.albu_import``).
+JSON: ``{"format_version": 2, "mean", "std", "image_size", "transforms": [{"name": "HorizontalFlip", "p": 0.5},
+...]}``, each transform with albumentations 2.0.8's argument names; the version-1 form (fields ``flip``, ``ssr``,
+``dropout``, which checkpoints of earlier runs hold) still reads, as the same three transforms.
 """
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
-Range = tuple[float, float]
+import torch
 
+from pipeline.transforms import Fills, Transform, TransformError, number
+from pipeline.transforms.affine import Affine, Rotate, ShiftScaleRotate
+from pipeline.transforms.colour import (ColorJitter, HueSaturationValue, RandomBrightnessContrast, Solarize,
+                                        ToGray)
+from pipeline.transforms.crops import CenterCrop, PadIfNeeded, RandomCrop, RandomResizedCrop
+from pipeline.transforms.erasing import CoarseDropout, Erasing
+from pipeline.transforms.flips import HorizontalFlip, VerticalFlip
+from pipeline.transforms.noise import GaussNoise
+from pipeline.transforms.one_of import OneOf
 
-def _number(value, name: str) -> float:
-    """A real, finite number (not true/false, not text): what every numeric field of the policy holds."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, not {value!r}.")
-    return float(value)
-
-
-def _probability(value, name: str) -> float:
-    p = _number(value, name)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"{name} = {value!r} must lie in [0, 1].")
-    return p
-
-
-def _pair(value, name: str, kind=float) -> tuple:
-    try:
-        lo, hi = value
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a (low, high) pair, not {value!r}.") from None
-    lo, hi = _number(lo, name), _number(hi, name)
-    try:
-        return kind(lo), kind(hi)
-    except ValueError:
-        raise ValueError(f"{name} must be a (low, high) pair of whole numbers, not {value!r}.") from None
+FORMAT_VERSION = 2
+KINDS: dict[str, type[Transform]] = {t.name: t for t in (
+    HorizontalFlip, VerticalFlip, Affine, ShiftScaleRotate, Rotate, PadIfNeeded, RandomCrop, CenterCrop,
+    RandomResizedCrop, CoarseDropout, Erasing, RandomBrightnessContrast, ColorJitter, HueSaturationValue, ToGray,
+    GaussNoise, Solarize, OneOf)}
+ENGINES = ("gpu", "torch", "ffcv", "dali")
 
 
-def _fill(value, name: str):
-    if value == "mean":
-        return "mean"
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = (value,) * 3
-    try:
-        values = tuple(_number(v, name) for v in value)
-    except (TypeError, ValueError):
-        values = ()
-    if len(values) != 3 or not all(0 <= v <= 255 for v in values):
-        raise ValueError(f"{name} must be 'mean' or a constant in 0..255 (one value, or one per channel), "
-                         f"not {value!r}.")
-    return values
+def _hash_by_json(t) -> int:
+    return hash(json.dumps(t.to_dict(), sort_keys=True))
 
 
-@dataclass(frozen=True)
-class HorizontalFlip:
-    p: float = 0.5
-
-    def __post_init__(self):
-        object.__setattr__(self, "p", _probability(self.p, "flip.p"))
+for _kind in KINDS.values():    # a transform's {"x", "y"} ranges are dicts: it hashes by its JSON form
+    _kind.__hash__ = _hash_by_json
 
 
-@dataclass(frozen=True)
-class ShiftScaleRotate:
-    p: float = 0.5
-    shift_x: Range = (-0.1, 0.1)      # a fraction of the width: shift = int(U(lo, hi) * width) whole pixels
-    shift_y: Range = (-0.1, 0.1)
-    scale_x: Range = (0.9, 1.1)       # x and y drawn separately
-    scale_y: Range = (0.9, 1.1)
-    rotate: Range = (-15.0, 15.0)     # degrees
-    interpolation: str = "bilinear"
-    border: str = "constant"
-    fill: object = "mean"             # the border: "mean" or (r, g, b)
-
-    def __post_init__(self):
-        object.__setattr__(self, "p", _probability(self.p, "ssr.p"))
-        for name in ("shift_x", "shift_y", "scale_x", "scale_y", "rotate"):
-            object.__setattr__(self, name, _pair(getattr(self, name), f"ssr.{name}"))
-        object.__setattr__(self, "fill", _fill(self.fill, "ssr.fill"))
+def default_transforms() -> tuple[Transform, ...]:
+    """The project's policy: flip, a shift-scale-rotate (Affine, no shear) with the mean border, one 16x16 hole of the
+    mean."""
+    return (HorizontalFlip(p=0.5),
+            Affine(scale={"x": (0.9, 1.1), "y": (0.9, 1.1)}, translate_percent={"x": (-0.1, 0.1), "y": (-0.1, 0.1)},
+                   rotate=(-15.0, 15.0), fill="mean", p=0.5),
+            CoarseDropout(num_holes_range=(1, 1), hole_height_range=(16, 16), hole_width_range=(16, 16), fill="mean",
+                          p=0.5))
 
 
-@dataclass(frozen=True)
-class CoarseDropout:
-    p: float = 0.5
-    num_holes: tuple[int, int] = (1, 1)
-    hole_height: Range = (16, 16)     # whole pixels when the top is >= 1, else fractions of the side
-    hole_width: Range = (16, 16)
-    fill: object = "mean"             # the hole: "mean" or (r, g, b)
+class PolicyParams:
+    """The per-sample parameters of a policy's ``n`` samples: one dict of (n, ...) tensors per transform (OneOf:
+    nested dicts)."""
 
-    def __post_init__(self):
-        object.__setattr__(self, "p", _probability(self.p, "dropout.p"))
-        object.__setattr__(self, "num_holes", _pair(self.num_holes, "dropout.num_holes", _whole))
-        pixels = _pair(self.hole_height, "dropout.hole_height")[1] >= 1     # as albumentations decides
-        sizes = {name: _pair(getattr(self, name), f"dropout.{name}") for name in ("hole_height", "hole_width")}
-        if pixels and not all(float(v).is_integer() for pair in sizes.values() for v in pair):
-            raise ValueError(f"dropout.hole_height = {sizes['hole_height']}, hole_width = {sizes['hole_width']}: with "
-                             f"a height of 1 or more both ranges are whole pixels; give fractions below 1 for both, or "
-                             f"whole pixels for both.")
-        for name, pair in sizes.items():
-            object.__setattr__(self, name, tuple(int(v) for v in pair) if pixels else pair)
-        object.__setattr__(self, "fill", _fill(self.fill, "dropout.fill"))
+    def __init__(self, items: list[dict], n: int):
+        self.items, self.n = items, n
 
-    @property
-    def in_pixels(self) -> bool:
-        """Hole sizes in whole pixels (else fractions of the side): albumentations decides by the height's top."""
-        return self.hole_height[1] >= 1
+    def __len__(self) -> int:
+        return self.n
 
-    @property
-    def max_holes(self) -> int:
-        return self.num_holes[1]
+    def select(self, idx) -> "PolicyParams":
+        n = int(torch.arange(self.n)[idx.cpu() if torch.is_tensor(idx) else idx].numel())
+        return PolicyParams([_tree_map(lambda t: t[idx], d) for d in self.items], n)
+
+    def to(self, device) -> "PolicyParams":
+        return PolicyParams([_tree_map(lambda t: t.to(device), d) for d in self.items], self.n)
+
+    def numpy(self) -> list[dict]:
+        return [_tree_map(lambda t: t.cpu().numpy(), d) for d in self.items]
 
 
-def _whole(v) -> int:
-    if isinstance(v, bool) or float(v) != int(float(v)):
-        raise ValueError
-    return int(float(v))
+def _tree_map(fn, d):
+    return {k: _tree_map(fn, v) if isinstance(v, dict) else fn(v) for k, v in d.items()}
 
 
 @dataclass(frozen=True)
 class AugmentPolicy:
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    flip: HorizontalFlip = field(default_factory=HorizontalFlip)
-    ssr: ShiftScaleRotate = field(default_factory=ShiftScaleRotate)
-    dropout: CoarseDropout = field(default_factory=CoarseDropout)
+    """``mean``/``std`` None: the converted data's, filled in where the loader meets the data (``for_data``)."""
+    mean: tuple[float, float, float] | None
+    std: tuple[float, float, float] | None
+    transforms: tuple = field(default_factory=default_transforms)
     image_size: int = 32
 
     def __post_init__(self):
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give the policy's mean and std both, or neither (then the data's are used).")
         for name in ("mean", "std"):
             values = getattr(self, name)
+            if values is None:
+                continue
             if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(values) != 3:
                 raise ValueError(f"{name} needs one number per channel (3), not {values!r}.")
-            object.__setattr__(self, name, tuple(_number(v, name) for v in values))
+            object.__setattr__(self, name, tuple(number(v, name) for v in values))
+        if self.mean is not None and not all(0 <= m <= 255 for m in self.mean):
+            raise ValueError(f"mean {self.mean} must lie in 0..255 (pixel units).")
+        if self.std is not None and not all(s > 0 for s in self.std):
+            raise ValueError(f"std {self.std} must be positive.")
         if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or not 1 <= self.image_size <= 4096:
             raise ValueError(f"image_size must be a whole number of pixels, not {self.image_size!r}.")
-        self.validate()
+        transforms = tuple(self.transforms)
+        if not all(isinstance(t, Transform) for t in transforms):
+            raise ValueError("transforms must be pipeline.transforms objects (AugmentPolicy.from_dict reads JSON).")
+        object.__setattr__(self, "transforms", transforms)
+        self.sizes()
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -156,28 +122,45 @@ class AugmentPolicy:
         """This policy with a converted dataset's mean and std (a user's policy meets the data it trains on)."""
         return replace(self, mean=tuple(meta["mean"]), std=tuple(meta["std"]))
 
+    def for_data(self, meta: dict) -> "AugmentPolicy":
+        """This policy with the data's mean and std where it has none of its own."""
+        return self.with_stats(meta) if self.mean is None else self
+
+    def with_transforms(self, *transforms: Transform) -> "AugmentPolicy":
+        return replace(self, transforms=tuple(transforms))
+
+    def without_augmentation(self) -> "AugmentPolicy":
+        return replace(self, transforms=())
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"format_version": FORMAT_VERSION, "mean": None if self.mean is None else list(self.mean),
+                "std": None if self.std is None else list(self.std),
+                "image_size": self.image_size, "transforms": [t.to_dict() for t in self.transforms]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
     def from_dict(cls, d: dict) -> "AugmentPolicy":
-        """From ``to_dict``'s form; also reads the symmetric form of earlier versions (``shift_limit``,
-        ``scale_limit``, ``rotate_limit``, one ``num_holes`` and one hole size), which checkpoints hold."""
+        """From ``to_dict``'s form, or the version-1 form of earlier runs (``flip``/``ssr``/``dropout``, and the
+        symmetric ``shift_limit``... of the versions before it)."""
+        if not isinstance(d, dict):
+            raise ValueError("not an augmentation policy: not an object.")
+        d = dict(d)
+        version = d.pop("format_version", 1)
         try:
-            d = dict(d)
-            parts = {"flip": (HorizontalFlip, {}), "ssr": (ShiftScaleRotate, _SSR_V1), "dropout": (CoarseDropout, _DROPOUT_V1)}
-            for key, (kind, older) in parts.items():
-                if key in d:
-                    fields_ = dict(d[key])
-                    for name, convert in older.items():
-                        if name in fields_:
-                            fields_.update(convert(fields_.pop(name)))
-                    d[key] = kind(**fields_)
+            if version == 1 or any(k in d for k in ("flip", "ssr", "dropout")):
+                d["transforms"] = _version_1(d.pop("flip", None), d.pop("ssr", None), d.pop("dropout", None))
+            elif version != FORMAT_VERSION:
+                raise ValueError(f"format_version {version!r}: this version reads policies of version 1 and "
+                                 f"{FORMAT_VERSION}.")
+            else:
+                items = d.get("transforms", [])
+                if not isinstance(items, list):
+                    raise ValueError("'transforms' must be a list of transforms.")
+                d["transforms"] = tuple(transform_from_dict(t) for t in items)
             return cls(**d)
-        except (TypeError, KeyError) as e:
+        except TypeError as e:
             raise ValueError(f"not an augmentation policy: {e}.") from None
 
     @classmethod
@@ -186,80 +169,147 @@ class AugmentPolicy:
             d = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"not JSON: {e}.") from None
-        if not isinstance(d, dict):
-            raise ValueError("not an augmentation policy: the JSON is not an object.")
         return cls.from_dict(d)
 
     @classmethod
-    def from_albumentations(cls, compose, *, mean=None, std=None, strict: bool = False) -> "AugmentPolicy":
+    def from_albumentations(cls, compose, *, mean=None, std=None, strict: bool = False,
+                            image_size: int = 32) -> "AugmentPolicy":
         """The policy an albumentations ``A.Compose`` describes (``pipeline.albu_import``): its Normalize gives
-        mean and std, else ``mean``/``std`` (pixel units) must be given; what no engine reproduces is refused."""
+        mean and std, else ``mean``/``std`` (pixel units, e.g. the converted data's), else None: the loader takes
+        the converted data's from its meta.json."""
         from pipeline.albu_import import from_albumentations
-        return from_albumentations(compose, mean=mean, std=std, strict=strict)[0]
+        return from_albumentations(compose, mean=mean, std=std, strict=strict, image_size=image_size)[0]
 
-    def to_albumentations(self):
-        """The albumentations 2.x Compose of this policy: flip, the shift-scale-rotate as Affine, CoarseDropout,
-        Normalize (``pipeline.albu``, the reference every engine is checked against)."""
-        from pipeline import albu
-        return albu.build_compose(self, with_normalize=True)
+    def to_albumentations(self, with_normalize: bool = True):
+        """The albumentations 2.x Compose of this policy (the reference every engine is checked against)."""
+        import albumentations as A
+        self._stats_known()
+        last = [A.Normalize(mean=tuple(m / 255 for m in self.mean), std=tuple(v / 255 for v in self.std),
+                            max_pixel_value=255.0, p=1.0, strict=True)] if with_normalize else []
+        return A.Compose([t.albumentations(self.fills) for t in self.transforms] + last, strict=True)
+
+    # -- what every engine shares ----------------------------------------------------------------
+    def _stats_known(self) -> None:
+        if self.mean is None:
+            raise ValueError("the policy has no mean and std of its own: give it the data's (policy.for_data(meta)).")
+
+    @property
+    def fills(self) -> Fills:
+        self._stats_known()
+        return Fills(self.mean)
+
+    def sizes(self) -> list[tuple[int, int]]:
+        """The image size before each transform and after the last; ValueError with a sentence where a transform does
+        not fit the size it is given, or the last size is not the image size."""
+        size = (self.image_size, self.image_size)
+        out = [size]
+        for t in self.transforms:
+            try:
+                size = tuple(t.out_size(size))
+            except TransformError as e:
+                raise ValueError(str(e)) from None
+            out.append(size)
+        if size != (self.image_size, self.image_size):
+            raise ValueError(f"the policy turns {self.image_size}x{self.image_size} images into {size[0]}x{size[1]} "
+                             f"ones: its last size must be the images' own (crop or resize back to "
+                             f"{self.image_size}x{self.image_size}).")
+        return out
+
+    def sample(self, n: int, gen: torch.Generator) -> PolicyParams:
+        """The per-sample parameters of ``n`` images, drawn on the generator's device."""
+        return PolicyParams([t.sample(n, size, gen) for t, size in zip(self.transforms, self.sizes())], n)
+
+    def apply(self, images: torch.Tensor, params: PolicyParams) -> torch.Tensor:
+        """uint8 (B, H, W, 3) -> float32 (B, 3, H, W) channels-last, whole pixel values 0..255 (each transform rounds
+        its output as albumentations does)."""
+        x = images.permute(0, 3, 1, 2).float()      # channels-last view of the NHWC batch
+        fills = self.fills
+        for t, p in zip(self.transforms, params.items):
+            x = t.apply(x, p, fills)
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def replay(self, images: torch.Tensor, params: PolicyParams) -> torch.Tensor:
+        """For the parity harness: uint8 (B, H, W, 3) in and out."""
+        return self.apply(images, params.to(images.device)).to(torch.uint8).permute(0, 2, 3, 1)
 
     def check_fits(self, image_size: int, where) -> None:
         """ValueError with a sentence unless this policy was made for images of ``image_size`` pixels a side (the
-        data in ``where``): shifts and holes are drawn in pixels of the policy's size."""
+        data in ``where``): shifts, crops and holes are drawn in pixels of the policy's size."""
         if self.image_size != image_size:
             raise ValueError(f"the policy is made for {self.image_size}x{self.image_size} images, but {where} holds "
                              f"{image_size}x{image_size} ones: set the policy's image_size to {image_size} (and its "
-                             f"hole sizes within it).")
+                             f"sizes within it).")
 
-    def without_augmentation(self) -> "AugmentPolicy":
-        return replace(self, flip=replace(self.flip, p=0.0), ssr=replace(self.ssr, p=0.0),
-                       dropout=replace(self.dropout, p=0.0))
+    def unreproduced(self, engine: str) -> str | None:
+        """None if ``engine`` reproduces every transform of the policy, else one sentence naming the first one it
+        cannot and the engines that can (gpu, torch and ffcv run every transform's torch op or albumentations)."""
+        if engine != "dali":
+            return None
+        for t, size in zip(self.transforms, self.sizes()):
+            reason = dali_refusal(t, size)
+            if reason:
+                return (f"the dali engine cannot reproduce {t.name} ({reason}): run this policy with --loader gpu, "
+                        f"torch or ffcv.")
+        return None
 
-    # -- derived values every engine shares ----------------------------------------------------
-    @property
-    def ssr_fill(self) -> tuple[float, float, float]:
-        """The warp's border in pixel units (each engine rounds it as OpenCV does: see pipeline/params.py)."""
-        return self.mean if self.ssr.fill == "mean" else self.ssr.fill
 
-    @property
-    def dropout_fill(self) -> tuple[float, float, float]:
-        """The hole's value in pixel units (truncated as albumentations does: see pipeline/params.py)."""
-        return self.mean if self.dropout.fill == "mean" else self.dropout.fill
+def dali_refusal(t: Transform, size) -> str | None:
+    """None where ``t`` has a DALI expression for its arguments on images of ``size``, else why not."""
+    if type(t).dali is Transform.dali:
+        return "DALI has no operator of its semantics here"
+    return t.dali_refusal(size)
 
-    def validate(self) -> None:
-        def check(cond, msg):
-            if not cond:
-                raise ValueError(msg)
-        s, d, size = self.ssr, self.dropout, self.image_size
-        check(len(self.mean) == 3 and len(self.std) == 3, "mean and std need one value per channel (3).")
-        check(all(0 <= m <= 255 for m in self.mean), f"mean {self.mean} must lie in 0..255 (pixel units).")
-        check(all(s_ > 0 and math.isfinite(s_) for s_ in self.std), f"std {self.std} must be positive.")
-        for name, (lo, hi), bound in (("shift_x", s.shift_x, 1), ("shift_y", s.shift_y, 1)):
-            check(-bound <= lo <= hi <= bound, f"ssr.{name} = {(lo, hi)} must be a range within [-1, 1].")
-        for name, (lo, hi) in (("scale_x", s.scale_x), ("scale_y", s.scale_y)):
-            check(0 < lo <= hi and math.isfinite(hi), f"ssr.{name} = {(lo, hi)} must be a range of positive scales.")
-        check(-360 <= s.rotate[0] <= s.rotate[1] <= 360, f"ssr.rotate = {s.rotate} must be a range within [-360, 360] degrees.")
-        check(s.interpolation == "bilinear", "ssr.interpolation: only 'bilinear' is implemented by every engine.")
-        check(s.border == "constant", "ssr.border: only 'constant' is implemented by every engine.")
-        check(0 <= d.num_holes[0] <= d.num_holes[1] <= 64,
-              f"dropout.num_holes = {d.num_holes} must be a range of whole numbers within 0..64.")
-        for name, (lo, hi) in (("hole_height", d.hole_height), ("hole_width", d.hole_width)):
-            if d.in_pixels:
-                check(isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi <= size,
-                      f"dropout.{name} = {(lo, hi)} must be whole pixels within 1..{size} (fractions of the side "
-                      f"for both height and width, or pixels for both).")
-            else:
-                check(0 < lo <= hi < 1, f"dropout.{name} = {(lo, hi)} must be fractions of the side in (0, 1) "
-                                        f"(or whole pixels for both height and width).")
+
+def transform_from_dict(d) -> Transform:
+    if not isinstance(d, dict) or "name" not in d:
+        raise ValueError(f"a transform must be an object with its 'name', not {d!r}.")
+    d = dict(d)
+    name = d.pop("name")
+    kind = KINDS.get(name)
+    if kind is None:
+        raise ValueError(f"unknown transform {name!r}: the engines reproduce {', '.join(KINDS)}.")
+    if kind is OneOf:
+        d["transforms"] = tuple(transform_from_dict(t) for t in d.get("transforms", []))
+    try:
+        return kind(**d)
+    except TypeError as e:
+        raise ValueError(f"{name}: {e}.") from None
+    except TransformError as e:
+        raise ValueError(str(e)) from None
 
 
 def _symmetric(limit):
     return (-float(limit), float(limit))
 
 
-_SSR_V1 = {"shift_limit": lambda v: {"shift_x": _symmetric(v), "shift_y": _symmetric(v)},
-           "scale_limit": lambda v: {"scale_x": (1 - v, 1 + v), "scale_y": (1 - v, 1 + v)},
-           "rotate_limit": lambda v: {"rotate": _symmetric(v)}}
-_DROPOUT_V1 = {"num_holes": lambda v: {"num_holes": (v, v) if isinstance(v, int) else v},
-               "hole_height": lambda v: {"hole_height": (v, v) if isinstance(v, (int, float)) else v},
-               "hole_width": lambda v: {"hole_width": (v, v) if isinstance(v, (int, float)) else v}}
+def _version_1(flip, ssr, dropout) -> tuple[Transform, ...]:
+    """The three transforms of a version-1 policy (its fields, or their older symmetric spellings)."""
+    out = []
+    if flip is not None:
+        out.append(HorizontalFlip(p=flip.get("p", 0.5)))
+    if ssr is not None:
+        s = dict(ssr)
+        if "shift_limit" in s:
+            s["shift_x"] = s["shift_y"] = _symmetric(s.pop("shift_limit"))
+        if "scale_limit" in s:
+            v = s.pop("scale_limit")
+            s["scale_x"] = s["scale_y"] = (1 - v, 1 + v)
+        if "rotate_limit" in s:
+            s["rotate"] = _symmetric(s.pop("rotate_limit"))
+        for key, fixed in (("interpolation", "bilinear"), ("border", "constant")):
+            if s.get(key, fixed) != fixed:
+                raise ValueError(f"ssr.{key} {s[key]!r}: only {fixed!r} is reproduced.")
+        out.append(Affine(scale={"x": tuple(s.get("scale_x", (0.9, 1.1))), "y": tuple(s.get("scale_y", (0.9, 1.1)))},
+                          translate_percent={"x": tuple(s.get("shift_x", (-0.1, 0.1))),
+                                             "y": tuple(s.get("shift_y", (-0.1, 0.1)))},
+                          rotate=tuple(s.get("rotate", (-15.0, 15.0))), fill=s.get("fill", "mean"), p=s.get("p", 0.5)))
+    if dropout is not None:
+        d = dict(dropout)
+        holes = d.get("num_holes", (1, 1))
+        size = lambda v: (v, v) if isinstance(v, (int, float)) else tuple(v)      # noqa: E731
+        out.append(CoarseDropout(num_holes_range=(holes, holes) if isinstance(holes, int) else tuple(holes),
+                                 hole_height_range=size(d.get("hole_height", (16, 16))),
+                                 hole_width_range=size(d.get("hole_width", (16, 16))), fill=d.get("fill", "mean"),
+                                 p=d.get("p", 0.5)))
+    return tuple(out)
+

@@ -7,7 +7,7 @@ from albumentations.augmentations.geometric import functional as fgeometric
 from conftest import epoch_of
 from pipeline import available_loaders, build_loader
 from pipeline.format import load_split
-from pipeline.params import forward_matrix, sample_params
+from pipeline.transforms.affine import forward_matrix
 from pipeline.parity import replay_parity, statistical_parity
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
@@ -54,47 +54,50 @@ def test_shards_split_an_epoch_without_overlap(mini_dir):
 
 
 def test_sampler_properties(policy):
-    p = sample_params(20000, policy, torch.Generator().manual_seed(0))
-    for flag, prob in ((p.flip, policy.flip.p), (p.ssr, policy.ssr.p), (p.dropout, policy.dropout.p)):
-        assert abs(flag.float().mean().item() - prob) < 0.02
-    assert p.angle.abs().max() <= policy.ssr.rotate[1] and p.angle.abs().max() > 14.9
-    for s in (p.scale_x, p.scale_y):
+    flip, ssr, drop = policy.sample(20000, torch.Generator().manual_seed(0)).items
+    for params, t in zip((flip, ssr, drop), policy.transforms):
+        assert abs(params["on"].float().mean().item() - t.p) < 0.02
+    assert ssr["angle"].abs().max() <= 15 and ssr["angle"].abs().max() > 14.9
+    for s in (ssr["scale_x"], ssr["scale_y"]):
         assert 0.9 <= s.min() and s.max() <= 1.1
-    assert not torch.equal(p.scale_x, p.scale_y), "x and y scales are drawn separately"
-    assert p.shift_x.dtype == torch.int64 and set(p.shift_x.unique().tolist()) == set(range(-3, 4))
+    assert not torch.equal(ssr["scale_x"], ssr["scale_y"]), "x and y scales are drawn separately"
+    assert ssr["shift_x"].dtype == torch.int64 and set(ssr["shift_x"].unique().tolist()) == set(range(-3, 4))
     # truncation toward zero: 0 is about twice as likely as +1 (U(-3.2, 3.2) -> int)
-    counts = torch.bincount(p.shift_x + 3)
+    counts = torch.bincount(ssr["shift_x"] + 3)
     assert 1.6 < counts[3] / counts[4] < 2.4
-    assert set(p.hole_y.unique().tolist()) == set(range(0, 17)) == set(p.hole_x.unique().tolist())
-    assert set(p.hole_h.unique().tolist()) == {16} == set(p.hole_w.unique().tolist())
+    assert set(drop["hole_y"].unique().tolist()) == set(range(0, 17)) == set(drop["hole_x"].unique().tolist())
+    assert set(drop["hole_h"].unique().tolist()) == {16} == set(drop["hole_w"].unique().tolist())
 
 
 def test_sampler_of_a_varied_dropout(policy):
     """2-4 holes of 4-12 pixels: the number and each size uniform on its range, every hole inside the image."""
-    from dataclasses import replace
-    from pipeline.policy import CoarseDropout
-    pol = replace(policy, dropout=CoarseDropout(p=1.0, num_holes=(2, 4), hole_height=(4, 12), hole_width=(4, 12)))
-    p = sample_params(30000, pol, torch.Generator().manual_seed(1))
-    count = (p.hole_h > 0).sum(1)
-    assert p.hole_h.shape == (30000, 4) and set(count.unique().tolist()) == {2, 3, 4}
+    from pipeline.transforms.erasing import CoarseDropout
+    pol = policy.with_transforms(CoarseDropout(p=1.0, num_holes_range=(2, 4), hole_height_range=(4, 12),
+                                               hole_width_range=(4, 12)))
+    (p,) = pol.sample(30000, torch.Generator().manual_seed(1)).items
+    count = (p["hole_h"] > 0).sum(1)
+    assert p["hole_h"].shape == (30000, 4) and set(count.unique().tolist()) == {2, 3, 4}
     assert torch.all((torch.bincount(count)[2:].float() / 30000 - 1 / 3).abs() < 0.02)
-    drawn = p.hole_h[p.hole_h > 0]
+    drawn = p["hole_h"][p["hole_h"] > 0]
     assert set(drawn.unique().tolist()) == set(range(4, 13))
-    assert torch.all((p.hole_y >= 0) & (p.hole_y + p.hole_h <= 32) & (p.hole_x >= 0) & (p.hole_x + p.hole_w <= 32))
-    tall = p.hole_h == 12           # its top-left is uniform on 0..20, both ends reached
-    assert set(p.hole_y[tall].unique().tolist()) == set(range(0, 21))
-    frac = replace(policy, dropout=CoarseDropout(hole_height=(0.1, 0.2), hole_width=(0.25, 0.25)))
-    q = sample_params(20000, frac, torch.Generator().manual_seed(2))
-    assert set(q.hole_h.unique().tolist()) == {3, 4, 5, 6} and set(q.hole_w.unique().tolist()) == {8}
+    hy, hx, hh, hw = p["hole_y"], p["hole_x"], p["hole_h"], p["hole_w"]
+    assert torch.all((hy >= 0) & (hy + hh <= 32) & (hx >= 0) & (hx + hw <= 32))
+    tall = hh == 12           # its top-left is uniform on 0..20, both ends reached
+    assert set(hy[tall].unique().tolist()) == set(range(0, 21))
+    frac = policy.with_transforms(CoarseDropout(hole_height_range=(0.1, 0.2), hole_width_range=(0.25, 0.25)))
+    (q,) = frac.sample(20000, torch.Generator().manual_seed(2)).items
+    drawn = q["hole_h"][q["hole_h"] > 0]
+    assert set(drawn.unique().tolist()) == {3, 4, 5, 6} and set(q["hole_w"][q["hole_w"] > 0].unique().tolist()) == {8}
 
 
 def test_matrix_is_albumentations_own(policy):
-    p = sample_params(300, policy, torch.Generator().manual_seed(3))
-    m = forward_matrix(p).numpy()
+    _, p, _ = policy.sample(300, torch.Generator().manual_seed(3)).items
+    m = forward_matrix(p, (32, 32)).numpy()
     for i in range(300):
         ref = fgeometric.create_affine_transformation_matrix(
-            {"x": int(p.shift_x[i]), "y": int(p.shift_y[i])}, {"x": 0.0, "y": 0.0},
-            {"x": float(p.scale_x[i]), "y": float(p.scale_y[i])}, float(p.angle[i]), fgeometric.center((32, 32)))
+            {"x": int(p["shift_x"][i]), "y": int(p["shift_y"][i])}, {"x": 0.0, "y": 0.0},
+            {"x": float(p["scale_x"][i]), "y": float(p["scale_y"][i])}, float(p["angle"][i]),
+            fgeometric.center((32, 32)))
         np.testing.assert_allclose(m[i], ref, atol=1e-9)
 
 
@@ -111,7 +114,7 @@ def test_pixel_parity(mini_dir, policy, device):
 def test_statistical_parity(mini_dir, policy, device):
     checks = statistical_parity("gpu", mini_dir, policy, seed=2, device=device)
     names = {c.name for c in checks}
-    assert {"HorizontalFlip rate", "angle distribution (KS)", "share of mean-filled pixels",
+    assert {"0 HorizontalFlip rate", "1 Affine angle (KS)", "share of pixels of the CoarseDropout fill",
             "mean augmented image"} <= names
     failed = [c.row() for c in checks if not c.passed]
     assert not failed, failed
@@ -147,15 +150,16 @@ def test_cuda_batches_never_make_the_host_wait(mini_dir):
 def test_augment_constants_are_made_once_per_device(mini_dir):
     """The CPU side of the test above: the policy's fill values and the pixel -> normalized map are made once
     and reused, not made anew from host values for each batch."""
-    from pipeline import ops, params
+    from pipeline.transforms import channel_constant
+    from pipeline.transforms.affine import pixel_to_normalized
     loader = build_loader("gpu", mini_dir, "train", 64, device="cpu", seed=0)
     it = iter(loader)
     next(it)
-    made = ops.channel_constant.cache_info().misses, params.pixel_to_normalized.cache_info().misses
+    made = channel_constant.cache_info().misses, pixel_to_normalized.cache_info().misses
     for _ in range(3):
         next(it)
-    assert (ops.channel_constant.cache_info().misses, params.pixel_to_normalized.cache_info().misses) == made
-    assert ops.channel_constant.cache_info().hits >= 6
+    assert (channel_constant.cache_info().misses, pixel_to_normalized.cache_info().misses) == made
+    assert channel_constant.cache_info().hits >= 6
 
 
 def _epoch(data_dir, epoch=2, **options):

@@ -18,8 +18,8 @@ def images_policy(mini_dir):
 
 @pytest.mark.parametrize("broken,failing", [
     ("replay_flip_vertical", {"HorizontalFlip"}),
-    ("replay_zero_fill", {"CoarseDropout", "ShiftScaleRotate"}),
-    ("replay_angle_sign", {"ShiftScaleRotate"}),
+    ("replay_zero_fill", {"CoarseDropout", "Affine"}),
+    ("replay_angle_sign", {"Affine"}),
 ])
 def test_the_harness_catches_a_wrong_engine(images_policy, monkeypatch, broken, failing):
     import broken_engines
@@ -35,7 +35,7 @@ def test_cli_reports_and_draws(mini_dir, tmp_path):
     from pipeline.parity import main
     proc = run_in_process(main, "--loader", "gpu", "--data-dir", mini_dir, "--out", tmp_path, "--images", "500")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "PASS  ShiftScaleRotate" in proc.stdout and proc.stdout.strip().endswith("PASS")
+    assert "PASS  Affine" in proc.stdout and proc.stdout.strip().endswith("PASS")
     assert (tmp_path / "parity-gpu.png").stat().st_size > 20_000
     bad = run_in_process(main, "--loader", "nope", "--data-dir", mini_dir)
     assert bad.returncode == 2 and "unknown loader" in bad.stderr and "Traceback" not in bad.stderr

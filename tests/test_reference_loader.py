@@ -1,6 +1,4 @@
 """The `torch` engine (albumentations on DataLoader workers): the registry contract and the policy's rates."""
-from dataclasses import replace
-
 import numpy as np
 import pytest
 import torch
@@ -8,6 +6,9 @@ import torch
 from pipeline import build_loader
 from pipeline.format import load_split
 from pipeline.policy import AugmentPolicy
+from pipeline.transforms.affine import Affine
+from pipeline.transforms.erasing import CoarseDropout
+from pipeline.transforms.flips import HorizontalFlip
 
 
 @pytest.fixture(scope="module")
@@ -76,15 +77,17 @@ def test_epochs_advance_and_set_epoch_replays(mini_dir):
     assert all(torch.equal(u, v) for u, v in zip(e0, again))
 
 
-def only(policy, which):
-    off = policy.without_augmentation()
-    return replace(off, **{which: replace(getattr(off, which), p=getattr(policy, which).p)})
+def only(policy, kind):
+    """The project's policy with only its transform of this kind."""
+    kept = [t for t in policy.transforms if isinstance(t, kind)]
+    assert len(kept) == 1, kept
+    return policy.with_transforms(*kept)
 
 
 def test_flip_rate_over_an_epoch(mini_dir, train):
     images, _, policy = train
     x, _, i = epoch(build_loader("torch", mini_dir, "train", 512, normalize=False, return_index=True,
-                                 policy=only(policy, "flip"), num_workers=2))
+                                 policy=only(policy, HorizontalFlip), num_workers=2))
     out, src = x.permute(0, 2, 3, 1).numpy(), images[i.numpy()]
     same = np.all(out == src, axis=(1, 2, 3))
     mirrored = np.all(out == src[:, :, ::-1], axis=(1, 2, 3))
@@ -97,7 +100,7 @@ def test_flip_rate_over_an_epoch(mini_dir, train):
 def test_dropout_rate_and_hole_over_an_epoch(mini_dir, train):
     images, _, policy = train
     x, _, i = epoch(build_loader("torch", mini_dir, "train", 512, normalize=False, return_index=True,
-                                 policy=only(policy, "dropout"), num_workers=2))
+                                 policy=only(policy, CoarseDropout), num_workers=2))
     out, src = x.permute(0, 2, 3, 1).numpy(), images[i.numpy()]
     fill = np.trunc(policy.mean).astype(np.uint8)
     applied = 0
@@ -119,6 +122,6 @@ def test_dropout_rate_and_hole_over_an_epoch(mini_dir, train):
 def test_shift_scale_rotate_rate(mini_dir, train):
     images, _, policy = train
     x, _, i = epoch(build_loader("torch", mini_dir, "train", 512, normalize=False, return_index=True,
-                                 policy=only(policy, "ssr"), num_workers=2))
+                                 policy=only(policy, Affine), num_workers=2))
     changed = np.any(x.permute(0, 2, 3, 1).numpy() != images[i.numpy()], axis=(1, 2, 3))
     assert abs(changed.mean() - 0.5) < 0.03, changed.mean()

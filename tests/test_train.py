@@ -51,7 +51,7 @@ def test_one_epoch_lowers_the_loss(mini_dir, tmp_path, loader):
     # five standard deviations above chance after one epoch of 40 steps
     assert m["test_loss"] < math.log(10) - 0.1 and m["test_acc"] > 0.15, m
     config = json.loads((out / "config.json").read_text())
-    assert config["args"]["loader"] == loader and config["policy"]["dropout"]["hole_height"] == [16, 16]
+    assert config["args"]["loader"] == loader and config["policy"]["transforms"][2]["hole_height_range"] == [16, 16]
     assert config["data"]["counts"]["train"] > 0
     assert (out / "history.png").stat().st_size > 10_000
     assert any((out / "tb").iterdir())

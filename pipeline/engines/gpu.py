@@ -2,10 +2,10 @@
 
 The converted arrays are copied to the device once, as one uint8 tensor (the CPU when there is no GPU).
 Each epoch is a permutation drawn from a seeded ``torch.Generator`` on that device, and the per-sample
-parameters of the whole epoch are drawn with it in one call (``pipeline.params.sample_params``). The epoch is
-augmented in chunks of ``chunk`` images (``pipeline.ops.apply``: flip, affine_grid + grid_sample with the fill
-border, hole mask; float conversion, normalization and channels-last in the same pass), and batches are slices
-of a chunk: a dozen kernel launches per chunk instead of per batch. On CUDA the next chunk is made on a side
+parameters of the whole epoch are drawn with it in one call (``policy.sample``). The epoch is augmented in chunks
+of ``chunk`` images (``policy.apply``: each transform of the policy as a few batched torch ops, in the policy's
+order; float conversion, normalization and channels-last in the same pass), and batches are slices of a chunk: a
+fixed number of kernel launches per chunk instead of per batch. On CUDA the next chunk is made on a side
 stream while the step consumes the current one (the streams wait on events, the host never waits). A sample's
 pixels depend only on its parameters, so the chunk size never changes the epoch: ``chunk=batch_size`` is the
 per-batch path, with the same batches.
@@ -19,9 +19,7 @@ import torch
 
 from pipeline.format import load_split
 from pipeline.output import Normalizer, epoch_seed, whole_batches
-from pipeline.ops import apply, replay  # noqa: F401  (replay: this engine's entry for the parity harness)
-from pipeline.params import Params, sample_params
-from pipeline.policy import AugmentPolicy
+from pipeline.policy import AugmentPolicy, PolicyParams
 
 
 # images augmented in one pass on a GPU (about 100 MB of float32 output per chunk), where the per-batch path is bound
@@ -49,7 +47,7 @@ class GpuLoader:
         self.shuffle = split == "train" if shuffle is None else shuffle
         self.rank, self.world = shard
         self.output = Normalizer(policy, device, normalize, dtype)
-        self.apply = torch.compile(apply, dynamic=False) if compile else apply
+        self.apply = torch.compile(policy.apply, dynamic=False) if compile else policy.apply
         self._next_epoch = 0
         self.chunk = whole_batches(chunk, default_chunk(device, batch_size), batch_size, "chunk")
         self.summary = (f"augmented on {device} in chunks of {self.chunk} images sliced into batches of {batch_size}"
@@ -70,13 +68,13 @@ class GpuLoader:
         return self.chunk * 3 * self.policy.image_size ** 2 * (self.output.dtype.itemsize if self.output.normalize
                                                                 else 1)
 
-    def epoch_params(self, n: int, gen: torch.Generator, epoch: int) -> Params:
+    def epoch_params(self, n: int, gen: torch.Generator, epoch: int) -> PolicyParams:
         """The per-sample parameters of the epoch's ``n`` samples, in one draw."""
-        return sample_params(n, self.policy, gen)
+        return self.policy.sample(n, gen)
 
-    def augment_chunk(self, images: torch.Tensor, params: Params, start: int) -> torch.Tensor:
+    def augment_chunk(self, images: torch.Tensor, params: PolicyParams, start: int) -> torch.Tensor:
         """The chunk of the epoch at ``start``: uint8 (B, H, W, 3) -> float32 (B, 3, H, W) of pixel values."""
-        return self.apply(images, params.select(slice(start, start + len(images))), self.policy)
+        return self.apply(images, params.select(slice(start, start + len(images))))
 
     def __iter__(self):
         epoch, self._next_epoch = self._next_epoch, self._next_epoch + 1
@@ -134,6 +132,6 @@ def build(data_dir, split, batch_size, *, device, policy, augment, seed, normali
                      normalize=normalize, return_index=return_index, **options)
 
 
-def sampled_params(n: int, policy: AugmentPolicy, seed: int, device="cpu") -> Params:
-    """For the parity harness: ``n`` samples' parameters as this engine draws them."""
-    return sample_params(n, policy, torch.Generator(device=device).manual_seed(seed), device=device)
+def replay(images: torch.Tensor, params: PolicyParams, policy: AugmentPolicy) -> torch.Tensor:
+    """For the parity harness: the engine's ops with the given parameters, uint8 (B, H, W, 3) in and out."""
+    return policy.replay(images, params)

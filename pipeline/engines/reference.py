@@ -1,6 +1,6 @@
 """The ``torch`` engine: the albumentations 2.x reference in a torch DataLoader.
 
-The policy's albumentations ``Compose`` runs on uint8 HWC images in DataLoader worker processes
+The policy's albumentations ``Compose`` (``policy.to_albumentations``) runs on uint8 HWC images in DataLoader worker processes
 (all cores by default), one whole batch per task; batches come back as uint8 NHWC tensors
 (pinned when the device is a GPU), and are normalized and made channels-last on the device.
 
@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pipeline.albu import build_compose
 from pipeline.format import load_split
 from pipeline.output import Normalizer, epoch_order, epoch_seed
 from pipeline.policy import AugmentPolicy
@@ -51,7 +50,7 @@ class _AugmentedBatches(Dataset):
 
     def __init__(self, data_dir, split: str, policy: AugmentPolicy, augment: bool, seed: int):
         self.data_dir, self.split, self.seed = data_dir, split, seed
-        self.compose = build_compose(policy, seed=seed) if augment else None
+        self.compose = policy.to_albumentations(with_normalize=False) if augment else None
         self._split = None
 
     def __getitem__(self, task):
