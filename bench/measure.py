@@ -7,6 +7,7 @@
 - end-to-end: epochs (or, with --e2e-batches, a stated number of batches) of training the model on the
   engine's batches; the model-only bound is measured with ``--engine bound``: the same model and batch
   size trained on one batch resident on the device;
+- torch operations dispatched per batch at train.py's batch of 128, counted over an epoch (``OpCount``);
 - peak device memory and host RSS; optional torch.profiler traces for TensorBoard.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from model.training import GRAPH_WARMUP
 
@@ -39,7 +41,7 @@ def peak_host_rss_mb() -> float:
     return (own + children) / 1024.0   # Linux: kB; the largest child (loader workers) added to our own
 
 
-OPTIONS: dict = {}   # engine options from --options, e.g. mode=numba
+OPTIONS: dict = {}   # engine options from --options, e.g. chunk=8192
 POLICY: dict = {}    # {"policy": the AugmentPolicy of --policy}; empty: the project's
 MODEL: dict = {}     # {"spec": --model's FILE.py:NAME}; empty: the default net
 TRAIN_BATCH = 128    # train.py's default batch size: the bound is also measured there (kernel launches weigh more)
@@ -83,6 +85,35 @@ def batch_scaling(name, data_dir, sizes, device) -> dict:
         s, n = epoch_throughput(loader, device)
         out[str(bs)] = n / s
     return out
+
+
+class OpCount(TorchDispatchMode):
+    """Counts the torch operations dispatched in this process (views and copies included): on a GPU each is about
+    one kernel launch, so the count per batch says how much launch overhead an engine carries whatever the device."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+# engines whose augmentation is no torch operation of this process: their count is only what reaches torch here
+OUTSIDE_TORCH = {"torch": "albumentations augments with OpenCV and numpy on DataLoader workers",
+                 "dali": "DALI augments with operators of its own"}
+
+
+def ops_per_batch(name, data_dir, batch_size, device) -> dict:
+    """Torch operations dispatched per batch over one whole epoch (so a chunk's work is shared by its batches),
+    after a warm-up epoch."""
+    loader = _loader(name, data_dir, batch_size, device)
+    epoch_throughput(loader, device)
+    with OpCount() as counter:
+        batches = sum(1 for _ in loader)
+    return {"batch_size": batch_size, "ops_per_batch": counter.count / batches, "batches": batches,
+            "outside_torch": OUTSIDE_TORCH.get(name)}
 
 
 def make_model(device, channels_last=True, compile=False, graph=False):
@@ -243,7 +274,7 @@ def main(argv=None) -> int:
     ap.add_argument("--bound-steps", type=int, default=30)
     ap.add_argument("--bound-variants", default="all", choices=["all", "quick"])
     ap.add_argument("--profile-dir", default=None)
-    ap.add_argument("--options", default="", help="engine options, k=v,k=v (e.g. mode=numba)")
+    ap.add_argument("--options", default="", help="engine options, k=v,k=v (e.g. chunk=8192)")
     ap.add_argument("--policy", default=None, help="a policy file (as train.py --policy); default: the project's")
     ap.add_argument("--strict-policy", action="store_true")
     ap.add_argument("--model", default=None, help="a model of your own, as train.py --model (default: c1c2c3c4)")
@@ -274,6 +305,7 @@ def main(argv=None) -> int:
         result = {"loader_only": loader_only(args.engine, args.data_dir, args.batch_size, device, args.repeats),
                   "batch_scaling": batch_scaling(args.engine, args.data_dir,
                                                  [int(v) for v in args.scaling.split(",") if v], device),
+                  "ops": ops_per_batch(args.engine, args.data_dir, TRAIN_BATCH, device),
                   "end_to_end": end_to_end(args.engine, args.data_dir, args.batch_size, device, args.amp,
                                            args.e2e_epochs, args.e2e_batches, train_size, args.profile_dir)}
         if graphs:

@@ -13,6 +13,8 @@ TARGET_EPOCH_S = 1.0        # seconds per 50,000-image epoch on an H100, default
 TARGET_GPU_128 = 1_000_000  # gpu engine, loader-only img/s at train.py's batch of 128, on an H100/H200
 TARGET_PEER_RATIO = 5.0     # gpu engine over kornia at batch 128, loader-only, on the same GPU
 TARGET_GRAPH_E2E_RATIO = 1.05   # end-to-end epoch with --cuda-graph / the step bound replayed as a graph
+TARGET_OPS_RATIO = 0.1      # torch operations per batch of 128: the chunked gpu engine / its per-batch path, / kornia
+TARGET_CPU_SPEEDUP = 2.0    # gpu engine over the albumentations DataLoader at batch 128, on a 2-core CPU
 
 
 def derive(result: dict) -> dict:
@@ -83,8 +85,36 @@ def derive(result: dict) -> dict:
                 targets.append({"name": f"gpu / {n}: loader-only at batch 128, same device", "value": ratios["128"],
                                 "target": f">= {TARGET_PEER_RATIO:g}x on a GPU",
                                 "met": ratios["128"] >= TARGET_PEER_RATIO if on_gpu else None})
+    targets += _ops_and_cpu_targets(result, on_gpu)
     result["targets"] = targets
     return result
+
+
+def _ops_per_batch(e: dict) -> float | None:
+    return e.get("ops", {}).get("ops_per_batch") if e.get("available") else None
+
+
+def _ops_and_cpu_targets(result: dict, on_gpu: bool) -> list[dict]:
+    """Torch operations per batch of 128 of the chunked gpu engine against its per-batch path and kornia (counts:
+    judged on any device), and the gpu engine against the albumentations DataLoader at 128 on a 2-core CPU."""
+    engines, targets = result["engines"], []
+    cpu_rows = "gpu[chunks of 8192]" in engines
+    chunked = _ops_per_batch(engines.get("gpu[chunks of 8192]" if cpu_rows else "gpu", {}))
+    for other in ("gpu" if cpu_rows else "gpu[per-batch]", "kornia"):
+        theirs = _ops_per_batch(engines.get(other, {}))
+        if chunked is not None and theirs:
+            targets.append({"name": f"gpu in chunks / {other}: torch operations per batch of 128",
+                            "value": chunked / theirs, "target": f"<= {TARGET_OPS_RATIO:g}",
+                            "met": chunked / theirs <= TARGET_OPS_RATIO})
+    gpu, torch_ = engines.get("gpu", {}), engines.get("torch", {})
+    if gpu.get("available") and torch_.get("available") and "128" in gpu["batch_scaling"] \
+            and "128" in torch_["batch_scaling"]:
+        ratio = gpu["batch_scaling"]["128"] / torch_["batch_scaling"]["128"]
+        two_cores = not on_gpu and "2 cores" in result["device"]
+        targets.append({"name": "gpu / albumentations DataLoader: loader-only at batch 128, same cores",
+                        "value": ratio, "target": f">= {TARGET_CPU_SPEEDUP:g}x on a 2-core CPU",
+                        "met": ratio >= TARGET_CPU_SPEEDUP if two_cores else None})
+    return targets
 
 
 def graph_bound_s(result: dict) -> float | None:
@@ -92,6 +122,13 @@ def graph_bound_s(result: dict) -> float | None:
     bs = result["settings"]["batch_size"]
     return next((v["epoch_s"] for v in result["model_bound"]["variants"]
                  if v.get("graph") and v.get("batch_size", bs) == bs and v["channels_last"]), None)
+
+
+def _ops_cell(e: dict) -> str:
+    ops = e.get("ops")
+    if not ops:
+        return "–"
+    return _fmt(ops["ops_per_batch"], "", 1) + ("*" if ops.get("outside_torch") else "")
 
 
 def _fmt(v, unit="", digits=0):
@@ -110,17 +147,24 @@ def markdown(result: dict) -> str:
              f"Figures are means over repeats (min–max in brackets); ratios are computed from these figures."
              + (f" Augmentation policy: `{r['policy_file']}` (`--policy`)." if r.get("policy_file") else ""), "",
              "## Loader-only throughput and end-to-end epoch", "",
-             "| engine | loader-only img/s | speed-up vs torch | end-to-end epoch s | end-to-end / bound | peak device MB | peak host RSS MB |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| engine | loader-only img/s | speed-up vs torch | torch ops per batch of 128 | end-to-end epoch s | "
+             "end-to-end / bound | peak device MB | peak host RSS MB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, e in r["engines"].items():
         if not e.get("available"):
-            lines.append(f"| {name} | unavailable: {e['reason']} | | | | | |")
+            lines.append(f"| {name} | unavailable: {e['reason']} | | | | | | |")
             continue
         lo, ee = e["loader_only"]["img_per_s"], e["end_to_end"]["epoch_s"]
         lines.append(f"| {name} | {_fmt(lo['mean'])} ({_fmt(lo['min'])}–{_fmt(lo['max'])}) | "
-                     f"{_fmt(e['speedup_vs_torch'], '×', 2)} | {_fmt(ee['mean'], '', 2)} ({_fmt(ee['min'], '', 2)}–"
+                     f"{_fmt(e['speedup_vs_torch'], '×', 2)} | {_ops_cell(e)} | {_fmt(ee['mean'], '', 2)} ({_fmt(ee['min'], '', 2)}–"
                      f"{_fmt(ee['max'], '', 2)}) | {_fmt(e['e2e_ratio_to_bound'], '', 3)} | "
                      f"{_fmt(e['peak_device_mem_mb'])} | {_fmt(e['peak_host_rss_mb'])} |")
+    outside = [(n, e["ops"]["outside_torch"]) for n, e in r["engines"].items()
+               if e.get("available") and e.get("ops", {}).get("outside_torch")]
+    lines += ["", "Torch operations per batch: every operation torch dispatched in the loader's process over an epoch "
+                  "of batches of 128 (a chunk's work shared by its batches), counted with a TorchDispatchMode; on a GPU "
+                  "each is about one kernel launch."
+              + "".join(f" {n}*: {why}, so its count is only what reaches torch." for n, why in outside)]
     b = r["model_bound"]["default"]
     lines += ["", f"Model-only bound (one resident batch, forward + backward + step): **{_fmt(b['img_per_s'])} img/s**, "
                   f"{_fmt(b['epoch_s'], ' s', 2)} per epoch of {r['data']['train']:,} images.", ""]
@@ -190,16 +234,16 @@ def markdown(result: dict) -> str:
 
 def console(result: dict) -> str:
     w = max(12, *(len(n) + 2 for n in result["engines"]))
-    rows = [f"{'engine':<{w}}{'loader img/s':>14}{'x torch':>9}{'e2e epoch s':>13}{'e2e/bound':>11}"]
+    rows = [f"{'engine':<{w}}{'loader img/s':>14}{'x torch':>9}{'ops/batch':>11}{'e2e epoch s':>13}{'e2e/bound':>11}"]
     for name, e in result["engines"].items():
         if not e.get("available"):
             rows.append(f"{name:<{w}}  unavailable: {e['reason']}")
             continue
         rows.append(f"{name:<{w}}{e['loader_only']['img_per_s']['mean']:>14,.0f}"
-                    f"{_fmt(e['speedup_vs_torch'], '', 2):>9}{e['end_to_end']['epoch_s']['mean']:>13.2f}"
+                    f"{_fmt(e['speedup_vs_torch'], '', 2):>9}{_ops_cell(e):>11}{e['end_to_end']['epoch_s']['mean']:>13.2f}"
                     f"{e['e2e_ratio_to_bound']:>11.3f}")
     b = result["model_bound"]["default"]
-    rows.append(f"{'bound':<{w}}{b['img_per_s']:>14,.0f}{'':>9}{b['epoch_s']:>13.2f}{1.0:>11.3f}")
+    rows.append(f"{'bound':<{w}}{b['img_per_s']:>14,.0f}{'':>9}{'':>11}{b['epoch_s']:>13.2f}{1.0:>11.3f}")
     return "\n".join(rows)
 
 

@@ -46,8 +46,9 @@ def test_every_field(quick_report):
         e = r["engines"][name]
         assert e["available"]
         for key in ("loader_only", "batch_scaling", "end_to_end", "speedup_vs_torch", "e2e_ratio_to_bound",
-                    "peak_host_rss_mb", "peak_device_mem_mb"):
+                    "peak_host_rss_mb", "peak_device_mem_mb", "ops"):
             assert key in e, (name, key)
+        assert e["ops"]["batch_size"] == 128 and e["ops"]["ops_per_batch"] > 0
         assert e["loader_only"]["img_per_s"]["mean"] > 0 and len(e["loader_only"]["img_per_s"]["values"]) >= 1
         assert set(e["batch_scaling"]) == {"128", "512"}
         assert e["end_to_end"]["epoch_s"]["mean"] > 0 and e["peak_host_rss_mb"] > 100
@@ -78,8 +79,18 @@ def test_ratios_come_from_the_figures_in_the_file(quick_report):
     assert set(r["gpu_chunk_speedup"]) == {"128", "512"}
     for bs, v in r["gpu_chunk_speedup"].items():
         assert math.isclose(v, chunked[bs] / per_batch[bs])
-    if r["device_kind"] == "cpu":
-        assert all(t["met"] is None for t in r["targets"])       # GPU targets are not judged on a CPU
+    ops = {t["name"]: t for t in r["targets"] if "torch operations per batch" in t["name"]}
+    assert set(ops) == {f"gpu in chunks / {n}: torch operations per batch of 128"
+                        for n in ("gpu" if on_cpu else "gpu[per-batch]", "kornia")}
+    chunked_ops = r["engines"]["gpu[chunks of 8192]" if on_cpu else "gpu"]["ops"]["ops_per_batch"]
+    for t in ops.values():
+        other = t["name"].split(" / ")[1].split(":")[0]
+        assert math.isclose(t["value"], chunked_ops / r["engines"][other]["ops"]["ops_per_batch"])
+        assert t["met"] == (t["value"] <= 0.1)                  # a count: judged on any device
+    cpu = next(t for t in r["targets"] if t["name"].startswith("gpu / albumentations DataLoader"))
+    assert math.isclose(cpu["value"], default["128"] / r["engines"]["torch"]["batch_scaling"]["128"])
+    if r["device_kind"] == "cpu":      # GPU targets are not judged on a CPU
+        assert all(t["met"] is None for t in r["targets"] if t not in ops.values() and t is not cpu)
 
 
 @pytest.mark.slow

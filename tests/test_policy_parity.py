@@ -61,3 +61,20 @@ def test_every_engine_passes_parity_on_a_users_policy(mini_dir, policy, engine, 
     checks += statistical_parity(engine, mini_dir, users, seed=4, sampler=engine == "gpu")
     failed = [c.row() for c in checks if not c.passed]
     assert len(checks) >= 7 and not failed, "\n".join(failed)
+
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_the_gpu_engine_augments_a_chunk_in_a_fixed_number_of_operations(policy, name):
+    """However many images a chunk holds, each transform is the same few batched torch ops (the bench counts them
+    per batch): no operation per image, per hole or per branch taken."""
+    import torch
+    from bench.measure import OpCount
+    users = policy.with_transforms(*POLICIES[name])
+    counts = []
+    for n in (16, 16, 400):         # the first call also makes the constants each device keeps (fills, maps)
+        images = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8)
+        params = users.sample(n, torch.Generator().manual_seed(n))
+        with OpCount() as counter:
+            users.apply(images, params)
+        counts.append(counter.count)
+    assert counts[1] == counts[2] and counts[1] > len(POLICIES[name]), counts
