@@ -258,3 +258,31 @@ def test_show_draws_a_users_policy(tiny_dir, tmp_path):
     bad = run_in_process(main, "--loader", "gpu", "--data-dir", tiny_dir, "--policy", write(tmp_path, ASSIGNMENT),
                          "--strict-policy", "--out", png)
     assert bad.returncode == 2 and "strict" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_readmes_example_compose_is_the_file_it_links():
+    from conftest import ROOT
+    text = (ROOT / "examples" / "classic_cifar.py").read_text()
+    assert f"```python\n{text}```" in (ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize("engine", [pytest.param(e, marks=() if e == "gpu" else pytest.mark.slow)
+                                    for e in ("gpu", "torch", "dali", "ffcv")])
+def test_train_py_trains_the_example_compose_on_every_engine(tiny_dir, tmp_path, engine):
+    """The README's classic CIFAR Compose (pads and crops, flips, a warp, brightness-contrast, grey, a hole) trains
+    with train.py --policy on each engine, and the run records it as the policy it trained with."""
+    from pipeline import available_loaders
+    if engine not in available_loaders():
+        pytest.skip(f"{engine} is not installed here")
+    from conftest import ROOT, run_in_process
+    from train import main
+    path = ROOT / "examples" / "classic_cifar.py"
+    out = tmp_path / "run"
+    ran = run_in_process(main, "--loader", engine, "--data-dir", tiny_dir, "--policy", path, "--epochs", 1,
+                         "--batch-size", 200, "--out", out)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    config = json.loads((out / "config.json").read_text())
+    assert [t["name"] for t in config["policy"]["transforms"]] == [
+        "PadIfNeeded", "RandomCrop", "HorizontalFlip", "ShiftScaleRotate", "RandomBrightnessContrast", "ToGray",
+        "CoarseDropout"]
+    assert config["args"]["loader"] == engine and json.loads((out / "metrics.json").read_text())[0]["epoch"] == 1
