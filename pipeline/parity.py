@@ -46,6 +46,9 @@ class Check:
     passed: bool
     figures: str
 
+    def __post_init__(self):        # numpy's bool from a comparison would not serialize (bench's and the CLI's JSON)
+        object.__setattr__(self, "passed", bool(self.passed))
+
     def row(self) -> str:
         return f"  {'PASS' if self.passed else 'FAIL'}  {self.name:<40} {self.figures}"
 

@@ -84,3 +84,12 @@ def test_the_device_difference_is_a_figure_of_the_engines_own_two_outputs(mini_d
     monkeypatch.setattr(gpu, "replay", one_off)
     c = device_difference("gpu", images, policy, "cpu")
     assert c.passed and "max diff 1, 0.0007% of values differ (50 images" in c.figures
+
+
+def test_a_check_is_plain_data_whatever_its_comparison_returned():
+    """A check made from a numpy comparison (numpy's bool) serializes: bench's worker printed 'Object of type bool
+    is not JSON serializable' for a peer's parity figures."""
+    import json
+    from pipeline.parity import Check
+    c = Check("sampler", "rate", np.float64(0.5) < 1, "figures")
+    assert json.loads(json.dumps({"within_tolerance": c.passed})) == {"within_tolerance": True}
