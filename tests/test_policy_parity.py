@@ -6,7 +6,7 @@ import pytest
 
 from pipeline import available_loaders, build_loader
 from pipeline.format import load_split
-from pipeline.parity import replay_parity, statistical_parity
+from pipeline.parity import replay_parity, sampler_parity, statistical_parity
 from pipeline.transforms.affine import Affine, Rotate, ShiftScaleRotate
 from pipeline.transforms.colour import (ColorJitter, HueSaturationValue, RandomBrightnessContrast, Solarize,
                                         ToGray)
@@ -78,3 +78,57 @@ def test_the_gpu_engine_augments_a_chunk_in_a_fixed_number_of_operations(policy,
             users.apply(images, params)
         counts.append(counter.count)
     assert counts[1] == counts[2] and counts[1] > len(POLICIES[name]), counts
+
+
+# each transform kind alone (a size-changing one with what brings the images back to 32), arguments away from the
+# defaults and p below 1 where a rate is drawn
+EACH = {
+    "HorizontalFlip": (HorizontalFlip(p=0.5),),
+    "VerticalFlip": (VerticalFlip(p=0.3),),
+    "Affine": (Affine(p=0.7, rotate=(-30, 30), translate_px={"x": (-4, 4), "y": (-2, 3)}, scale=(0.8, 1.2),
+                      shear={"x": (-8, 8), "y": (0, 5)}, fill=(10, 20, 30)),),
+    "ShiftScaleRotate": (ShiftScaleRotate(shift_limit_x=0.1, shift_limit_y=0.05, scale_limit=0.2, rotate_limit=25,
+                                          fill="mean", p=0.6),),
+    "Rotate": (Rotate(limit=40, fill=0, p=0.6),),
+    "PadIfNeeded": (PadIfNeeded(min_height=38, min_width=40, position="random", border_mode="reflect"),
+                    RandomCrop(height=32, width=32)),
+    "RandomCrop": (RandomCrop(height=36, width=36, pad_if_needed=True, border_mode="replicate"),
+                   CenterCrop(height=32, width=32)),
+    "RandomResizedCrop": (RandomResizedCrop(size=(32, 32), scale=(0.3, 1.0), ratio=(0.5, 2.0)),),
+    "CoarseDropout": (CoarseDropout(num_holes_range=(1, 3), hole_height_range=(0.1, 0.4),
+                                    hole_width_range=(0.1, 0.4), fill="mean", p=0.7),),
+    "Erasing": (Erasing(scale=(0.05, 0.3), ratio=(0.5, 2.0), fill=(0, 128, 255), p=0.6),),
+    "RandomBrightnessContrast": (RandomBrightnessContrast(brightness_limit=0.3, contrast_limit=0.3, p=0.7),),
+    "RandomBrightnessContrast-by-mean": (RandomBrightnessContrast(brightness_by_max=False, p=0.7),),
+    "ColorJitter": (ColorJitter(brightness=0.3, contrast=0.3, saturation=0.5, hue=0.2, p=0.8),),
+    "HueSaturationValue": (HueSaturationValue(hue_shift_limit=30, sat_shift_limit=40, val_shift_limit=30, p=0.8),),
+    "ToGray": (ToGray(p=0.4),),
+    "GaussNoise": (GaussNoise(std_range=(0.05, 0.2), mean_range=(-0.05, 0.05), p=0.6),),
+    "Solarize": (Solarize(threshold_range=(0.3, 0.7), p=0.6),),
+    "OneOf": (OneOf(transforms=(VerticalFlip(p=1), ToGray(p=1), Solarize(p=1)), p=0.8),),
+}
+EACH_CASES = [pytest.param(e, n, marks=() if e == "gpu" else pytest.mark.slow, id=f"{e}-{n}")
+              for e in ("gpu", "dali") for n in EACH]
+
+
+@pytest.mark.parametrize("engine, name", EACH_CASES)
+def test_each_transform_alone_replays_and_samples_as_albumentations(mini_dir, policy, engine, name):
+    """Replay: albumentations' own applied parameters give the same pixels within the transform's written tolerance
+    (exact for most); sampler (gpu): its rate and each parameter's distribution against albumentations' draws (KS).
+    DALI replays what it has an expression for and refuses the rest with a sentence."""
+    if engine not in available_loaders():
+        pytest.skip(f"{engine} is not installed here")
+    split, _ = load_split(mini_dir, "train")
+    images = np.asarray(split.images[:600])
+    users = policy.with_transforms(*EACH[name])
+    reason = users.unreproduced(engine)
+    if reason:
+        assert engine == "dali" and "--loader gpu, torch or ffcv" in reason
+        with pytest.raises(ValueError, match="cannot reproduce"):
+            build_loader(engine, mini_dir, "train", 64, policy=users)
+        return
+    checks, _ = replay_parity(engine, images, users, seed=5)
+    if engine == "gpu":
+        checks += sampler_parity(images, users, seed=6)
+    failed = [c.row() for c in checks if not c.passed]
+    assert checks and not failed, "\n".join(failed)
