@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from pipeline import engine_module
-from pipeline.policy import AugmentPolicy, PolicyParams
+from pipeline.policy import AugmentPolicy, PolicyParams, seed_albumentations
 from pipeline.transforms import Transform
 from pipeline.transforms.erasing import _Holes
 from pipeline.transforms.one_of import OneOf
@@ -66,10 +66,12 @@ def tolerance(t: Transform) -> tuple[int, float]:
 # ---------------------------------------------------------------------------------------------
 
 def albumentations_run(images: np.ndarray, policy: AugmentPolicy, seed: int):
-    """(outputs, per image the list of (name, params) albumentations applied), the Compose seeded once."""
+    """(outputs, per image the list of (name, params) albumentations applied), the Compose seeded once, each
+    transform with a seed of its own (``seed_albumentations``)."""
     import albumentations as A
-    compose = A.Compose([t.albumentations(policy.fills) for t in policy.transforms], seed=seed,
-                        save_applied_params=True, strict=True)
+    compose = A.Compose([t.albumentations(policy.fills) for t in policy.transforms], save_applied_params=True,
+                        strict=True)
+    seed_albumentations(compose, seed)
     outs, applied = [], []
     for img in images:
         r = compose(image=img)

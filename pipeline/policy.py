@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 
 from pipeline.transforms import Fills, Transform, TransformError, number
@@ -251,6 +252,23 @@ class AugmentPolicy:
                 return (f"the dali engine cannot reproduce {t.name} ({reason}): run this policy with --loader gpu, "
                         f"torch or ffcv.")
         return None
+
+
+def seed_albumentations(compose, seed: int) -> None:
+    """Seed an albumentations Compose so that its transforms draw independently, reproducibly from ``seed``.
+
+    albumentations 2.0.8's ``Compose(seed=s)`` and ``set_random_seed(s)`` hand the same seed to every transform:
+    each then draws the same sequence, and transforms that draw alike decide alike (a CoarseDropout and a
+    HorizontalFlip of the same p were applied together, image after image). Here the Compose keeps ``seed`` and
+    each transform, OneOf children included, gets a seed of its own from (seed, its place in the tree)."""
+    compose.set_random_seed(seed)
+
+    def walk(transforms, path):
+        for k, t in enumerate(transforms):
+            t.set_random_seed(int(np.random.SeedSequence([seed, *path, k]).generate_state(1)[0]))
+            if hasattr(t, "transforms"):
+                walk(t.transforms, (*path, k))
+    walk(compose.transforms, ())
 
 
 def dali_refusal(t: Transform, size) -> str | None:

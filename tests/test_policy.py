@@ -3,6 +3,7 @@ its checks, each a sentence."""
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from pipeline.format import read_meta
@@ -152,3 +153,19 @@ def test_a_seed_no_generator_takes_is_a_sentence(tiny_dir, seed):
     from pipeline import build_loader
     with pytest.raises(ValueError, match=r"seed must be a whole number from 0 to 9223372036854775807"):
         build_loader("gpu", tiny_dir, "train", 64, seed=seed)
+
+
+def test_albumentations_is_seeded_so_that_its_transforms_draw_independently():
+    """albumentations 2.0.8 hands a Compose's seed to every transform, so two flips of p 0.5 flip together on every
+    image; seed_albumentations gives each transform a seed of its own (the torch engine and the parity reference)."""
+    import albumentations as A
+    from pipeline.policy import seed_albumentations
+
+    def both_rate(seed_it):
+        compose = A.Compose([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)], save_applied_params=True)
+        seed_it(compose)
+        image = np.zeros((4, 4, 3), np.uint8)
+        names = [{n for n, _ in compose(image=image)["applied_transforms"]} for _ in range(2000)]
+        return np.mean([{"HorizontalFlip", "VerticalFlip"} <= n for n in names])
+    assert both_rate(lambda c: c.set_random_seed(3)) > 0.45          # albumentations' own: the same draws
+    assert abs(both_rate(lambda c: seed_albumentations(c, 3)) - 0.25) < 0.04    # 2,000 draws: sd 0.01

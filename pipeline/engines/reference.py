@@ -5,8 +5,9 @@ The policy's albumentations ``Compose`` (``policy.to_albumentations``) runs on u
 (pinned when the device is a GPU), and are normalized and made channels-last on the device.
 
 Determinism: the epoch's order comes from (seed, epoch), and each batch re-seeds the ``Compose``
-from (seed, epoch, batch number), so the same seed gives the same epoch whatever the number of
-workers. This engine is the reference of every parity test and the baseline of every benchmark.
+from (seed, epoch, batch number), each transform with a seed of its own (``seed_albumentations``: albumentations'
+own seeding gives every transform the same one, and their draws move together), so the same seed gives the same
+epoch whatever the number of workers. This engine is the reference of every parity test and the baseline of every benchmark.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipeline.format import load_split
 from pipeline.output import Normalizer, epoch_order, epoch_seed
-from pipeline.policy import AugmentPolicy
+from pipeline.policy import AugmentPolicy, seed_albumentations
 
 
 class _BatchTasks(Sampler):
@@ -60,7 +61,7 @@ class _AugmentedBatches(Dataset):
         images = self._split.images[idx]
         labels = self._split.labels[idx]
         if self.compose is not None:
-            self.compose.set_random_seed(epoch_seed(self.seed, epoch, batch) % (1 << 32))
+            seed_albumentations(self.compose, epoch_seed(self.seed, epoch, batch) % (1 << 32))
             images = np.stack([self.compose(image=img)["image"] for img in images])
         return (torch.from_numpy(np.ascontiguousarray(images)),
                 torch.from_numpy(np.asarray(labels, dtype=np.int64)),
