@@ -261,13 +261,15 @@ def seed_albumentations(compose, seed: int) -> None:
     each then draws the same sequence, and transforms that draw alike decide alike (a CoarseDropout and a
     HorizontalFlip of the same p were applied together, image after image). Here the Compose keeps ``seed`` and
     each transform, OneOf children included, gets a seed of its own from (seed, its place in the tree)."""
+    from albumentations.core.composition import BaseCompose
     compose.set_random_seed(seed)
 
     def walk(transforms, path):
         for k, t in enumerate(transforms):
-            t.set_random_seed(int(np.random.SeedSequence([seed, *path, k]).generate_state(1)[0]))
-            if hasattr(t, "transforms"):
-                walk(t.transforms, (*path, k))
+            place = (*path, k + 1)          # from 1: SeedSequence reads [s, 2] and [s, 2, 0] as one entropy
+            t.set_random_seed(int(np.random.SeedSequence([seed, *place]).generate_state(1)[0]))
+            if isinstance(t, BaseCompose):      # a OneOf's children (ColorJitter's .transforms are functions)
+                walk(t.transforms, place)
     walk(compose.transforms, ())
 
 

@@ -169,3 +169,18 @@ def test_albumentations_is_seeded_so_that_its_transforms_draw_independently():
         return np.mean([{"HorizontalFlip", "VerticalFlip"} <= n for n in names])
     assert both_rate(lambda c: c.set_random_seed(3)) > 0.45          # albumentations' own: the same draws
     assert abs(both_rate(lambda c: seed_albumentations(c, 3)) - 0.25) < 0.04    # 2,000 draws: sd 0.01
+
+
+def test_seeding_reaches_every_transform_of_any_policy():
+    """OneOf's children are seeded too; a transform whose own attribute is called transforms (ColorJitter's
+    functions) is not taken for a composition."""
+    from pipeline.policy import seed_albumentations
+    from pipeline.transforms.colour import ColorJitter
+    from pipeline.transforms.flips import VerticalFlip
+    from pipeline.transforms.one_of import OneOf
+    policy = AugmentPolicy(mean=(1, 2, 3), std=(1, 1, 1)).with_transforms(
+        ColorJitter(p=0.5), OneOf(transforms=(VerticalFlip(p=1), ColorJitter(p=1)), p=0.5))
+    compose = policy.to_albumentations()
+    seed_albumentations(compose, 5)
+    seeds = [compose.transforms[0].seed, compose.transforms[1].seed, *(c.seed for c in compose.transforms[1].transforms)]
+    assert len(set(seeds)) == 4 and 5 not in seeds

@@ -60,7 +60,7 @@ def test_every_engine_passes_parity_on_a_users_policy(mini_dir, policy, engine, 
     checks, _ = replay_parity(engine, np.asarray(split.images[:500]), users, seed=3)
     checks += statistical_parity(engine, mini_dir, users, seed=4, sampler=engine == "gpu")
     failed = [c.row() for c in checks if not c.passed]
-    assert len(checks) >= 7 and not failed, "\n".join(failed)
+    assert sum(c.group == "statistical" for c in checks) >= 5 and not failed, "\n".join(failed)
 
 
 @pytest.mark.parametrize("name", POLICIES)
