@@ -159,12 +159,15 @@ def markdown(result: dict) -> str:
                      f"{_fmt(e['speedup_vs_torch'], '×', 2)} | {_ops_cell(e)} | {_fmt(ee['mean'], '', 2)} ({_fmt(ee['min'], '', 2)}–"
                      f"{_fmt(ee['max'], '', 2)}) | {_fmt(e['e2e_ratio_to_bound'], '', 3)} | "
                      f"{_fmt(e['peak_device_mem_mb'])} | {_fmt(e['peak_host_rss_mb'])} |")
-    outside = [(n, e["ops"]["outside_torch"]) for n, e in r["engines"].items()
-               if e.get("available") and e.get("ops", {}).get("outside_torch")]
+    outside: dict[str, list[str]] = {}          # why -> the rows it explains
+    for n, e in r["engines"].items():
+        if e.get("available") and e.get("ops", {}).get("outside_torch"):
+            outside.setdefault(e["ops"]["outside_torch"], []).append(f"{n}*")
     lines += ["", "Torch operations per batch: every operation torch dispatched in the loader's process over an epoch "
                   "of batches of 128 (a chunk's work shared by its batches), counted with a TorchDispatchMode; on a GPU "
                   "each is about one kernel launch."
-              + "".join(f" {n}*: {why}, so its count is only what reaches torch." for n, why in outside)]
+              + "".join(f" {', '.join(rows)}: {why}, so the count is only what reaches torch."
+                        for why, rows in outside.items())]
     b = r["model_bound"]["default"]
     lines += ["", f"Model-only bound (one resident batch, forward + backward + step): **{_fmt(b['img_per_s'])} img/s**, "
                   f"{_fmt(b['epoch_s'], ' s', 2)} per epoch of {r['data']['train']:,} images.", ""]
