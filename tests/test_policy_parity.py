@@ -3,6 +3,7 @@ albumentations running the same Compose, for single transforms with strong argum
 different orders; an engine without an expression for a transform refuses the policy with a sentence."""
 import numpy as np
 import pytest
+import torch
 
 from pipeline import available_loaders, build_loader
 from pipeline.format import load_split
@@ -63,11 +64,28 @@ def test_every_engine_passes_parity_on_a_users_policy(mini_dir, policy, engine, 
     assert sum(c.group == "statistical" for c in checks) >= 5 and not failed, "\n".join(failed)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+@pytest.mark.parametrize("engine", ["gpu", "dali", "ffcv"])
+@pytest.mark.parametrize("name", POLICIES)
+def test_cuda_engines_pass_parity_on_a_users_policy(mini_dir, policy, engine, name):
+    """The same on the GPU: the gpu engine's ops and DALI's GPU operators replayed on CUDA, every GPU engine's
+    epoch on CUDA against albumentations."""
+    if engine not in available_loaders():
+        pytest.skip(f"{engine} is not installed here")
+    users = policy.with_transforms(*POLICIES[name])
+    if users.unreproduced(engine):
+        pytest.skip(users.unreproduced(engine))
+    split, _ = load_split(mini_dir, "train")
+    checks, _ = replay_parity(engine, np.asarray(split.images[:500]), users, seed=3, device="cuda")
+    checks += statistical_parity(engine, mini_dir, users, seed=4, device="cuda", sampler=False)
+    failed = [c.row() for c in checks if not c.passed]
+    assert sum(c.group == "statistical" for c in checks) >= 5 and not failed, "\n".join(failed)
+
+
 @pytest.mark.parametrize("name", POLICIES)
 def test_the_gpu_engine_augments_a_chunk_in_a_fixed_number_of_operations(policy, name):
     """However many images a chunk holds, each transform is the same few batched torch ops (the bench counts them
     per batch): no operation per image, per hole or per branch taken."""
-    import torch
     from bench.measure import OpCount
     users = policy.with_transforms(*POLICIES[name])
     counts = []
