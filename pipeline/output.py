@@ -59,7 +59,7 @@ class Normalizer:
         return x.sub_(self.mean).mul_(self.inv_std).to(self.dtype)
 
     def pixels(self, x: torch.Tensor) -> torch.Tensor:
-        """float32 (N, 3, H, W) holding whole pixel values (what ``pipeline.ops.apply`` returns) -> the contract."""
+        """float32 (N, 3, H, W) holding whole pixel values (what ``policy.apply`` returns) -> the contract."""
         if not self.normalize:
             return x.to(torch.uint8)
         return (x - self.mean).mul_(self.inv_std).to(self.dtype)
