@@ -298,10 +298,12 @@ def sampler_parity(images: np.ndarray, policy: AugmentPolicy, seed: int = 0) -> 
                                 f"ours {rate:.4f}, albumentations {ref_rate:.4f}, p {p} (± {tol:.4f}, n={n})"))
         if isinstance(t, OneOf):
             on_m, on_r = mine["on"], ref["on"]
+            picked = min(int(on_m.sum()), int(on_r.sum()))      # the draws each share is over
             for k in range(len(t.transforms)):
-                checks.append(_share_check(f"{label} picks {t.transforms[k].name}",
-                                           float((ours.items[path[0]]["choice"].numpy()[on_m] == k).mean()),
-                                           float((theirs.items[path[0]]["choice"].numpy()[on_r] == k).mean())))
+                mine_k = float((ours.items[path[0]]["choice"].numpy()[on_m] == k).mean())
+                ref_k = float((theirs.items[path[0]]["choice"].numpy()[on_r] == k).mean())
+                checks.append(_share_check(f"{label} picks {t.transforms[k].name}", mine_k, ref_k,
+                                           image_share_tolerance(mine_k, ref_k, max(picked, 1))))
             continue
         for key in sorted(set(mine) & set(ref) - {"on"}):
             a, b = mine[key], ref[key]
@@ -321,8 +323,8 @@ def sampler_parity(images: np.ndarray, policy: AugmentPolicy, seed: int = 0) -> 
     return checks
 
 
-def _share_check(name, mine, ref, tol=SHARE_TOL * 3):
-    return Check("sampler", name, abs(mine - ref) <= tol, f"ours {mine:.4f}, albumentations {ref:.4f} (± {tol:g})")
+def _share_check(name, mine, ref, tol):
+    return Check("sampler", name, abs(mine - ref) <= tol, f"ours {mine:.4f}, albumentations {ref:.4f} (± {tol:.4f})")
 
 
 # ---------------------------------------------------------------------------------------------

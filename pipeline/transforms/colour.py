@@ -18,7 +18,8 @@ uint8 images and returns uint8 (so each op below ends in whole values):
 
 The batched ops compute the same in float32/float64 on the device; OpenCV's HSV round trip is reproduced step by
 step, down to the fused multiply-adds its compiler makes of HSV2RGB's vector code and the truncation there (measured
-exact on 1,000 cifar10-mini images for both transforms, and on random rows of 16 to 100 pixels).
+exact on 1,000 cifar10-mini images for both transforms, and on random rows of 16 to 100 pixels; ColorJitter, whose
+steps chain four roundings, within 2 levels on 0.0005% of values with another seed).
 """
 from __future__ import annotations
 
@@ -330,6 +331,9 @@ def _factor_range(value, where: str, around_one: bool):
 class ColorJitter(Transform):
     """albumentations' ColorJitter (torchvision's, on uint8 as albumentations computes it: see the module
     docstring)."""
+    # measured: exact on 1,000 cifar10-mini images with one seed; with another, 3 pixels of one image in 600 off by
+    # up to 2 levels (a rounding tie in one of its four steps, which a contrast step after it doubles)
+    tolerance = (2, 1e-4)
     name = "ColorJitter"
     brightness: object = (0.8, 1.2)
     contrast: object = (0.8, 1.2)
