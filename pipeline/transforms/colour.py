@@ -219,6 +219,14 @@ def hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tenso
     """OpenCV's HSV2RGB for uint8: float32 from H (0..179), S and V / 255, back to whole values. OpenCV converts a
     row's pixels in blocks of its vector width and truncates them there, and rounds the pixels left over at the row's
     end (``opencv_row_blocks``): 32-pixel rows are all blocks on x86 and ARM."""
+    rgb = _hsv_to_rgb_255(h, s, v)
+    width = rgb.shape[-1]
+    in_blocks = torch.arange(width, device=rgb.device) < width // opencv_row_blocks() * opencv_row_blocks()
+    return torch.where(in_blocks, torch.trunc(rgb), torch.round(rgb)).clamp_(0, 255)
+
+
+def _hsv_to_rgb_255(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) float32 R, G, B x 255 of OpenCV's float HSV2RGB, before it makes them whole."""
     hf = h.float() * (6.0 / 180.0)
     sf, vf = s.float() * (1.0 / 255.0), v.float() * (1.0 / 255.0)
     hf = torch.where(hf >= 6, hf - 6, hf)
@@ -230,10 +238,7 @@ def hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tenso
     pick = order[sector.squeeze(1)]                        # (B, H, W, 3): b, g, r rows of the table
     out = torch.gather(tab.squeeze(2).permute(1, 2, 3, 0), 3, pick)    # b, g, r
     rgb = out.flip(-1).permute(0, 3, 1, 2)
-    rgb = torch.where(s == 0, vf.expand_as(rgb), rgb) * 255
-    width = rgb.shape[-1]
-    in_blocks = torch.arange(width, device=rgb.device) < width // opencv_row_blocks() * opencv_row_blocks()
-    return torch.where(in_blocks, torch.trunc(rgb), torch.round(rgb)).clamp_(0, 255)
+    return torch.where(s == 0, vf.expand_as(rgb), rgb) * 255
 
 
 def _one_minus_fused(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -255,14 +260,7 @@ def opencv_row_blocks() -> int:
                    -1).astype(np.uint8)
     got = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
     t = torch.from_numpy(hsv.astype(np.int64)).permute(2, 0, 1)[None]
-    hf = t[:, 0:1].float() * (6.0 / 180.0)
-    sf, vf = t[:, 1:2].float() * (1.0 / 255.0), t[:, 2:3].float() * (1.0 / 255.0)
-    sector = torch.floor(hf)
-    frac = hf - sector
-    tab = torch.stack([vf, vf * (1 - sf), vf * (1 - sf * frac), vf * (1 - sf * (1 - frac))]) * 255
-    rgb = torch.zeros(64, 127, 3)
-    for k, order in enumerate(([1, 3, 0], [1, 0, 2], [3, 0, 1], [0, 2, 1], [0, 1, 3], [2, 1, 0])):
-        rgb = torch.where((sector[0, 0] == k)[..., None], tab[order[::-1], 0, 0].permute(1, 2, 0), rgb)
+    rgb = _hsv_to_rgb_255(t[:, 0:1], t[:, 1:2], t[:, 2:3])[0].permute(1, 2, 0)
     agree = lambda y: (y.numpy() == got).mean(axis=(0, 2))        # noqa: E731  (per column)
     truncated = agree(torch.trunc(rgb)) > agree(torch.round(rgb))
     leading = int(np.argmin(truncated)) if not truncated.all() else 127
