@@ -150,3 +150,21 @@ def test_each_transform_alone_replays_and_samples_as_albumentations(mini_dir, po
         checks += sampler_parity(images, users, seed=6)
     failed = [c.row() for c in checks if not c.passed]
     assert checks and not failed, "\n".join(failed)
+
+
+@pytest.mark.parametrize("width", [16, 32, 33, 40, 100])
+def test_opencv_uint8_hsv_conversions_are_reproduced_on_rows_of_any_width(width):
+    """RGB2HSV in OpenCV's fixed point, and HSV2RGB truncated in OpenCV's vector blocks of a row and rounded in its
+    remainder (a 40-pixel row: 32 truncated, 8 rounded on an AVX2 CPU), on random pixels."""
+    import cv2
+    from pipeline.transforms.colour import hsv_to_rgb, rgb_to_hsv
+    rng = np.random.default_rng(width)
+    hsv = np.stack([rng.integers(0, 180, (width, width)), rng.integers(0, 256, (width, width)),
+                    rng.integers(0, 256, (width, width))], -1).astype(np.uint8)
+    t = torch.from_numpy(hsv.astype(np.int64)).permute(2, 0, 1)[None]
+    rgb = hsv_to_rgb(t[:, 0:1], t[:, 1:2], t[:, 2:3])[0].permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(rgb, cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB))
+    image = rng.integers(0, 256, (width, width, 3), dtype=np.uint8)
+    h, s, v = rgb_to_hsv(torch.from_numpy(image).permute(2, 0, 1)[None].float())
+    np.testing.assert_array_equal(torch.cat([h, s, v], 1)[0].permute(1, 2, 0).numpy(),
+                                  cv2.cvtColor(image, cv2.COLOR_RGB2HSV))
