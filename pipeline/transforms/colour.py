@@ -194,6 +194,7 @@ class Solarize(Transform):
 _SHIFT = 12
 
 
+@functools.lru_cache(maxsize=None)
 def _tables(device):
     i = torch.arange(256, dtype=torch.float64, device=device)
     sdiv = torch.where(i > 0, torch.round((255 << _SHIFT) / i.clamp(min=1)), torch.zeros_like(i))
