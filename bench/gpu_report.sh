@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The GPU report in one device call (at most 8 minutes): DALI on the GPU first (pixel parity by replay and native
-# statistical parity on the GPU's own operators, the CUDA tests of the dali and gpu engines, of --cuda-graph and of
-# --model), then one benchmark of the gpu, dali, kornia (and ffcv, where carried) engines beside the albumentations
-# DataLoader, at train.py's batch of 128: loader-only at 128 and 512 (the gpu engine's chunks and DALI's own batch
-# beside their per-batch paths), end-to-end eager and with --cuda-graph against the model-only bound and its CUDA
-# graph, peak device memory, profiler top operators. One report (markdown, JSON, charts) named after the device.
+# statistical parity on the GPU's own operators, the CUDA tests of the dali and gpu engines, of --cuda-graph, of
+# --model and of a user's composed policies on every GPU engine), then one benchmark of the gpu, dali, kornia (and
+# ffcv, where carried) engines beside the albumentations DataLoader, at train.py's batch of 128: loader-only at 128
+# and 512 (the gpu engine's chunks and DALI's own batch beside their per-batch paths), end-to-end eager and with
+# --cuda-graph against the model-only bound and its CUDA graph, peak device memory, profiler top operators. One
+# report (markdown, JSON, charts) named after the device.
 #
 # The device calls, one right after the other (the machine keeps what a call carried only while it stays warm,
 # 30 s after a call ends; every call also carries the working tree, about 6 MB). bench/prepare_gpu_wheels.sh makes
@@ -72,7 +73,7 @@ done
 
 step "CUDA tests"
 $PY -m pytest -q -rs -m "slow or not slow" tests/test_dali_engine.py tests/test_gpu_engine.py tests/test_graph_step.py \
-    tests/test_custom_model.py \
+    tests/test_custom_model.py tests/test_policy_parity.py \
     -k "cuda" 2>&1 | tee "$OUT/pytest-cuda-$DEVICE.txt" || true
 
 step "benchmark"
