@@ -37,7 +37,6 @@ KINDS: dict[str, type[Transform]] = {t.name: t for t in (
     HorizontalFlip, VerticalFlip, Affine, ShiftScaleRotate, Rotate, PadIfNeeded, RandomCrop, CenterCrop,
     RandomResizedCrop, CoarseDropout, Erasing, RandomBrightnessContrast, ColorJitter, HueSaturationValue, ToGray,
     GaussNoise, Solarize, OneOf)}
-ENGINES = ("gpu", "torch", "ffcv", "dali")
 
 
 def _hash_by_json(t) -> int:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import JPEG_ARCHIVE, MINI_BATCHES, ROOT, needs_jpeg, needs_mini, run_in_process, write_batches
+from conftest import MINI_BATCHES, ROOT, needs_jpeg, needs_mini, run_in_process, write_batches
 from pipeline.convert import convert, main
 from pipeline.format import CIFAR10_CLASSES, FORMAT_VERSION, DataError, load_split, read_meta
 

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-import pipeline
-from conftest import ROOT, epoch_of
+from conftest import epoch_of
 from pipeline import LoaderUnavailable, available_loaders, build_loader
 from pipeline.format import load_split
 from pipeline.parity import statistical_parity

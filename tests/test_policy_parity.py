@@ -168,3 +168,23 @@ def test_opencv_uint8_hsv_conversions_are_reproduced_on_rows_of_any_width(width)
     h, s, v = rgb_to_hsv(torch.from_numpy(image).permute(2, 0, 1)[None].float())
     np.testing.assert_array_equal(torch.cat([h, s, v], 1)[0].permute(1, 2, 0).numpy(),
                                   cv2.cvtColor(image, cv2.COLOR_RGB2HSV))
+
+
+@pytest.mark.parametrize("position", ["center", "top_left", "top_right", "bottom_left", "bottom_right"])
+@pytest.mark.parametrize("padding", [{"min_height": 37, "min_width": 36}, {"min_height": None, "min_width": None,
+                                                                         "pad_height_divisor": 6,
+                                                                         "pad_width_divisor": 7}])
+def test_padding_is_placed_where_albumentations_places_it(mini_dir, position, padding):
+    """PadIfNeeded at each fixed position (the corners put a side's whole pad before or after the image, rows and
+    columns each their own way; odd pads split unevenly), to a minimum and to divisors: the same pixels."""
+    import albumentations as A
+    from pipeline.transforms import Fills
+    split, _ = load_split(mini_dir, "train")
+    images = np.array(split.images[:4])
+    t = PadIfNeeded(position=position, border_mode="constant", fill=(7, 8, 9), **padding)
+    theirs = A.PadIfNeeded(position=position, border_mode=0, fill=(7, 8, 9), strict=True, **padding)
+    params = t.sample(len(images), (32, 32), torch.Generator().manual_seed(0))
+    ours = t.apply(torch.from_numpy(images).permute(0, 3, 1, 2).float(), params, Fills((0.0, 0.0, 0.0)))
+    expected = np.stack([theirs(image=im)["image"] for im in images])
+    assert ours.shape[2:] != (32, 32)
+    np.testing.assert_array_equal(ours.to(torch.uint8).permute(0, 2, 3, 1).numpy(), expected)

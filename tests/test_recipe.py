@@ -5,7 +5,7 @@ import tomllib
 
 import pytest
 
-from conftest import ROOT, run_in_process
+from conftest import ROOT
 from train import build_parser, fit, main, parse_args
 from trainer import loop, recipe
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import numpy as np
@@ -220,10 +220,3 @@ def truncated_fill(fill) -> tuple[int, int, int]:
     """A fill as albumentations' dropout converts it for uint8: ``np.array(fill, dtype=uint8)`` truncates."""
     return tuple(int(math.trunc(v)) for v in fill)
 
-
-def as_tuple(d: dict) -> tuple:
-    return tuple(sorted(d.items()))
-
-
-def dataclass_dict(t) -> dict:
-    return asdict(t)

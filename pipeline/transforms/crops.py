@@ -98,23 +98,20 @@ def dali_border(x, n: int, m: int, axis: str, border: str):
     return fn.cat(before, x, after, axis_name=axis)
 
 
-def split_padding(missing: int, position: str, n: int, gen) -> torch.Tensor:
-    """The pad before the image, per sample, of ``missing`` rows (or columns) in all, as albumentations places it."""
+# the corners that put the whole pad after the image, on each axis (the other corners put it before)
+_PAD_AFTER = {"rows": ("bottom_left", "bottom_right"), "columns": ("top_right", "bottom_right")}
+
+
+def split_padding(missing: int, position: str, n: int, gen, axis: str) -> torch.Tensor:
+    """The pad before the image, per sample, of ``missing`` rows or columns (``axis``) in all, as albumentations
+    places it."""
     if position == "random":
         return integers(0, missing, n, gen)
-    before = int(missing / 2.0)
-    side = {"top_left": 0, "top_right": 0, "bottom_left": missing, "bottom_right": missing}
-    return torch.full((n,), side.get(position, before), dtype=torch.long, device=gen.device)
+    before = int(missing / 2.0) if position == "center" else missing if position in _PAD_AFTER[axis] else 0
+    return torch.full((n,), before, dtype=torch.long, device=gen.device)
 
 
-def _split_columns(missing: int, position: str, n: int, gen) -> torch.Tensor:
-    if position == "random":
-        return integers(0, missing, n, gen)
-    side = {"top_left": 0, "bottom_left": 0, "top_right": missing, "bottom_right": missing}
-    return torch.full((n,), side.get(position, int(missing / 2.0)), dtype=torch.long, device=gen.device)
-
-
-def check_border(t, border_mode, position_name="position"):
+def check_border(t, border_mode):
     border = CV2_BORDERS.get(border_mode, border_mode) if isinstance(border_mode, int) else border_mode
     if border not in BORDERS:
         raise TransformError(f"{t.name}.border_mode = {border_mode!r}: the engines pad with one of "
@@ -176,8 +173,8 @@ class PadIfNeeded(Transform):
 
     def sample(self, n, size, gen):
         mh, mw = self._missing(size)
-        top = split_padding(mh, self.position, n, gen)
-        left = _split_columns(mw, self.position, n, gen)
+        top = split_padding(mh, self.position, n, gen, "rows")
+        left = split_padding(mw, self.position, n, gen, "columns")
         return {"on": coin(self.p, n, gen), "pad_top": top, "pad_left": left}
 
     def apply(self, x, params, fills):

@@ -58,9 +58,6 @@ class _Holes(Transform):
         return fn.erase(x, anchor=params["anchor"], shape=params["shape"], axis_names="HW",
                         fill_value=[float(v) for v in truncated_fill(fills.of(self.fill))])
 
-    def _fill_for_albumentations(self, fills):
-        return fills.of(self.fill)
-
 
 @dataclass(frozen=True, kw_only=True)
 class CoarseDropout(_Holes):
