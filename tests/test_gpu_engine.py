@@ -121,7 +121,9 @@ def test_statistical_parity(mini_dir, policy, device):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("error:Dynamo detected a call to a `functools.lru_cache`:UserWarning")
 def test_compiled_apply_matches_eager(mini_dir):
+    """torch.compile'd augmentation is the eager one, and traces the constants each device keeps without warning."""
     eager = build_loader("gpu", mini_dir, "train", 1024, seed=4, normalize=False)
     compiled = build_loader("gpu", mini_dir, "train", 1024, seed=4, normalize=False, compile=True)
     for (a, _), (b, _) in zip(eager, compiled):

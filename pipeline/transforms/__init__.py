@@ -204,10 +204,22 @@ def where(on: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(on.view(-1, *([1] * (a.dim() - 1))), a, b)
 
 
-@functools.lru_cache(maxsize=64)
+def device_constant(make):
+    """``make(*args)`` (a constant tensor built from host values) made once per arguments and device: a tensor made
+    from host values at each batch is a copy that waits for the GPU; callers must not modify it. Under
+    ``torch.compile`` the call is traced instead, its result a constant of the graph (a cache is not traced)."""
+    cached = functools.lru_cache(maxsize=64)(make)
+
+    @functools.wraps(make)
+    def constant(*args):
+        return make(*args) if torch.compiler.is_compiling() else cached(*args)
+    constant.cache_info = cached.cache_info         # how often each was made (the tests read it)
+    return constant
+
+
+@device_constant
 def channel_constant(values: tuple, device: torch.device) -> torch.Tensor:
-    """(1, 3, 1, 1) float32 on ``device``, made once per value and device (a tensor made from host values at each
-    batch is a copy that waits for the GPU; callers must not modify it)."""
+    """(1, 3, 1, 1) float32 on ``device``."""
     return torch.tensor(values, dtype=torch.float32, device=device).view(1, 3, 1, 1)
 
 

@@ -20,7 +20,6 @@ the per-channel fill made by subtracting it, warping with 0 and adding it back.
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -28,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.transforms import (CV2_BORDERS, CV2_INTERPOLATIONS, Transform, TransformError, channel_constant,
-                                 coin, fill_value, integers, opencv_fill, pair, uniform, where)
+                                 coin, device_constant, fill_value, integers, opencv_fill, pair, uniform, where)
 
 
 def _xy(value, where: str, symmetric=False, bias=0.0) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -202,10 +201,9 @@ def forward_matrix(params, size) -> torch.Tensor:
     return m
 
 
-@functools.lru_cache(maxsize=16)
+@device_constant
 def pixel_to_normalized(size, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """N and N^-1 (float64, on ``device``) for (h, w), made once per size and device: a tensor made from host values
-    at each batch waits for the GPU's queued work."""
+    """N and N^-1 (float64, on ``device``) for (h, w)."""
     h, w = size
     norm = torch.tensor([[2 / w, 0, 1 / w - 1], [0, 2 / h, 1 / h - 1], [0, 0, 1]], dtype=torch.float64, device=device)
     return norm, torch.linalg.inv(norm)

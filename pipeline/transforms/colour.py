@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.transforms import Transform, TransformError, coin, pair, uniform, where
+from pipeline.transforms import Transform, TransformError, coin, device_constant, pair, uniform, where
 
 
 def _trunc_clip(y: torch.Tensor) -> torch.Tensor:
@@ -194,7 +194,7 @@ class Solarize(Transform):
 _SHIFT = 12
 
 
-@functools.lru_cache(maxsize=None)
+@device_constant
 def _tables(device):
     i = torch.arange(256, dtype=torch.float64, device=device)
     sdiv = torch.where(i > 0, torch.round((255 << _SHIFT) / i.clamp(min=1)), torch.zeros_like(i))
