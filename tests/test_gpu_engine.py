@@ -153,14 +153,14 @@ def test_augment_constants_are_made_once_per_device(mini_dir):
     """The CPU side of the test above: the policy's fill values and the pixel -> normalized map are made once
     and reused, not made anew from host values for each batch."""
     from pipeline.transforms import channel_constant
-    from pipeline.transforms.affine import pixel_to_normalized
+    from pipeline.transforms.affine import image_centre, pixel_to_normalized
     loader = build_loader("gpu", mini_dir, "train", 64, device="cpu", seed=0)
     it = iter(loader)
     next(it)
-    made = channel_constant.cache_info().misses, pixel_to_normalized.cache_info().misses
+    made = [f.cache_info().misses for f in (channel_constant, pixel_to_normalized, image_centre)]
     for _ in range(3):
         next(it)
-    assert (channel_constant.cache_info().misses, pixel_to_normalized.cache_info().misses) == made
+    assert [f.cache_info().misses for f in (channel_constant, pixel_to_normalized, image_centre)] == made
     assert channel_constant.cache_info().hits >= 6
 
 

@@ -192,13 +192,20 @@ def forward_matrix(params, size) -> torch.Tensor:
     shear = torch.stack([torch.stack([torch.ones_like(hx), hx], -1), torch.stack([hy, torch.ones_like(hy)], -1)], -2)
     a = shear @ rs
     n = len(rad)
-    c = torch.tensor([[w / 2 - 0.5], [h / 2 - 0.5]], dtype=torch.float64, device=rad.device).expand(n, 2, 1)
+    c = image_centre(size, rad.device).expand(n, 2, 1)
     t = torch.stack([params["shift_x"], params["shift_y"]], -1).double().unsqueeze(-1)
     m = torch.zeros(n, 3, 3, dtype=torch.float64, device=rad.device)
     m[:, :2, :2] = a
     m[:, :2, 2:] = c + t - a @ c
     m[:, 2, 2] = 1
     return m
+
+
+@device_constant
+def image_centre(size, device: torch.device) -> torch.Tensor:
+    """(2, 1) float64 on ``device``: the centre (x, y) of an (h, w) image in pixel coordinates, the warp's pivot."""
+    h, w = size
+    return torch.tensor([[w / 2 - 0.5], [h / 2 - 0.5]], dtype=torch.float64, device=device)
 
 
 @device_constant

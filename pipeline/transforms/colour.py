@@ -235,11 +235,16 @@ def _hsv_to_rgb_255(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.
     frac = hf - sector
     sector = sector.long().clamp(0, 5)
     tab = torch.stack([vf, vf * (1 - sf), vf * _one_minus_fused(sf, frac), vf * _one_minus_fused(sf, 1 - frac)])
-    order = torch.tensor([[1, 3, 0], [1, 0, 2], [3, 0, 1], [0, 2, 1], [0, 1, 3], [2, 1, 0]], device=h.device)
-    pick = order[sector.squeeze(1)]                        # (B, H, W, 3): b, g, r rows of the table
+    pick = _sector_order(h.device)[sector.squeeze(1)]     # (B, H, W, 3): b, g, r rows of the table
     out = torch.gather(tab.squeeze(2).permute(1, 2, 3, 0), 3, pick)    # b, g, r
     rgb = out.flip(-1).permute(0, 3, 1, 2)
     return torch.where(s == 0, vf.expand_as(rgb), rgb) * 255
+
+
+@device_constant
+def _sector_order(device):
+    """(6, 3): for each sector of the hue circle, the rows of HSV2RGB's table that give b, g and r."""
+    return torch.tensor([[1, 3, 0], [1, 0, 2], [3, 0, 1], [0, 2, 1], [0, 1, 3], [2, 1, 0]], device=device)
 
 
 def _one_minus_fused(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
