@@ -5,9 +5,10 @@ The policy's albumentations ``Compose`` (``policy.to_albumentations``) runs on u
 (pinned when the device is a GPU), and are normalized and made channels-last on the device.
 
 Determinism: the epoch's order comes from (seed, epoch), and each batch re-seeds the ``Compose``
-from (seed, epoch, batch number), each transform with a seed of its own (``seed_albumentations``: albumentations'
-own seeding gives every transform the same one, and their draws move together), so the same seed gives the same
-epoch whatever the number of workers. This engine is the reference of every parity test and the baseline of every benchmark.
+from (seed, epoch, batch number), each transform with a seed of its own (``seed_albumentations``:
+albumentations' own seeding gives every transform the same one, and their draws move together), so
+the same seed gives the same epoch whatever the number of workers. This engine is the reference of
+every parity test and the baseline of every benchmark.
 """
 from __future__ import annotations
 
